@@ -1,0 +1,44 @@
+"""pyspark-safestop: Spark Connect sessions that stop without hanging the next one.
+
+Importing this package activates the shim (unless ``PYSPARK_SAFESTOP=0``): ``stop()`` of a
+Spark Connect session releases it on the server with a deadline and closes its own gRPC
+channel, and the process-global release pool shared by all sessions is shut down only at
+interpreter exit, without waiting on hung RPCs. Importing it never imports pyspark; the
+patches apply when pyspark's Spark Connect client is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._release import release_session_without_shutdown
+from ._settings import SafestopWarning, enabled_from_env
+from ._shim import install, is_installed, status, uninstall
+
+__all__ = [
+    "SafestopWarning",
+    "__version__",
+    "install",
+    "is_installed",
+    "release_session_without_shutdown",
+    "status",
+    "uninstall",
+]
+
+__version__ = "0.1.0"
+
+logging.getLogger("pyspark_safestop").addHandler(logging.NullHandler())
+
+
+def _activate_on_import() -> None:
+    # An import must never fail or raise because of the shim: log and carry on unpatched.
+    try:
+        if enabled_from_env():
+            install()
+    except Exception:
+        logging.getLogger("pyspark_safestop").warning(
+            "pyspark-safestop could not activate; pyspark is left untouched", exc_info=True
+        )
+
+
+_activate_on_import()

@@ -1,0 +1,263 @@
+"""Everything that depends on how a PySpark Spark Connect client line is built.
+
+This is the only module that knows PySpark's private attribute names. A new PySpark release
+that moves things around means a new :class:`Layout` here and nothing elsewhere.
+
+Layouts are recognised by structure, not by version strings: ``pyspark``, ``pyspark-client``
+and ``pyspark-connect`` all install the module ``pyspark`` and backports move code between
+patch releases, so the shape of the classes is the only reliable witness.
+
+=========  =====================================================================  ==========
+layout     release pool on the reattachable iterator                              ReleaseSession
+=========  =====================================================================  ==========
+``3.5``    ``_release_thread_pool`` (a ``ThreadPool``), joined under a class lock  no such RPC
+``4.0``    ``_release_thread_pool_instance`` (``ThreadPoolExecutor``), shut down   yes
+           waiting, under a class lock; the iterator's ``__del__`` closes it
+``4.1``    as 4.0, without the iterator's ``__del__``                             yes
+``4.2+``   per-iterator release futures; ``close()`` waits 10 s on them           yes
+=========  =====================================================================  ==========
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CLIENT_MODULE",
+    "LAYOUTS",
+    "REATTACH_MODULE",
+    "SESSION_MODULE",
+    "Layout",
+    "Target",
+    "close_channel",
+    "detect",
+    "detect_loaded",
+    "has_release_session_rpc",
+    "installed_pyspark_version",
+    "is_closed",
+    "release_on_exit",
+    "release_server_side",
+    "shutdown_release_pool_nowait",
+]
+
+SESSION_MODULE = "pyspark.sql.connect.session"
+CLIENT_MODULE = "pyspark.sql.connect.client.core"
+REATTACH_MODULE = "pyspark.sql.connect.client.reattach"
+
+#: Modules whose import makes patches applicable; the post-import hooks watch these.
+WATCHED_MODULES = (CLIENT_MODULE, SESSION_MODULE)
+
+# How long exit may wait for the release pool's class lock. With the shim nothing holds it
+# for long; without the bound, a lock held by a stuck pre-shim shutdown would hang exit.
+_POOL_LOCK_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One attribute to wrap: ``module:cls.attribute``, handled by the wrapper named ``role``."""
+
+    module: str
+    cls: str
+    attribute: str
+    role: str
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.cls}.{self.attribute}"
+
+
+_TRACK = Target(SESSION_MODULE, "SparkSession", "__init__", "track_session")
+_STOP = Target(SESSION_MODULE, "SparkSession", "stop", "stop")
+_CLOSE = Target(CLIENT_MODULE, "SparkConnectClient", "close", "close")
+_RELEASE = Target(CLIENT_MODULE, "SparkConnectClient", "release_session", "release_session")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the shim needs to know about one client line."""
+
+    name: str
+    #: Whether the client has the ``ReleaseSession`` RPC (absent on 3.5).
+    release_session_rpc: bool
+    #: Class attribute of the reattachable iterator holding the process-global pool.
+    pool_attribute: str
+    targets: tuple[Target, ...]
+
+
+LAYOUT_3_5 = Layout("3.5", False, "_release_thread_pool", (_TRACK, _STOP, _CLOSE))
+LAYOUT_4_0 = Layout("4.0", True, "_release_thread_pool_instance", (_TRACK, _STOP, _CLOSE, _RELEASE))
+LAYOUT_4_1 = Layout("4.1", True, "_release_thread_pool_instance", (_TRACK, _STOP, _CLOSE, _RELEASE))
+LAYOUT_4_2 = Layout(
+    "4.2+", True, "_release_thread_pool_instance", (_TRACK, _STOP, _CLOSE, _RELEASE)
+)
+
+LAYOUTS = (LAYOUT_3_5, LAYOUT_4_0, LAYOUT_4_1, LAYOUT_4_2)
+
+
+def _has(cls: type, *names: str) -> bool:
+    return all(hasattr(cls, name) for name in names)
+
+
+def detect(reattach_cls: type, client_cls: type, session_cls: type | None = None) -> Layout | None:
+    """Return the layout of these classes, or ``None`` when the structure is not known."""
+    if not _has(client_cls, "close") or (session_cls is not None and not _has(session_cls, "stop")):
+        return None
+    own = vars(reattach_cls)
+    if "_instances" in own and _has(reattach_cls, "shutdown_threadpool_if_idle"):
+        layout = LAYOUT_4_2
+    elif "_release_thread_pool_instance" in own and _has(
+        reattach_cls, "_get_or_create_release_thread_pool", "shutdown"
+    ):
+        # 4.1 dropped the iterator's __del__ (SPARK-52076); nothing else differs for us.
+        layout = LAYOUT_4_0 if "__del__" in own else LAYOUT_4_1
+    elif "_release_thread_pool" in own and _has(
+        reattach_cls, "_initialize_pool_if_necessary", "shutdown"
+    ):
+        layout = LAYOUT_3_5
+    else:
+        return None
+    if layout.release_session_rpc and not _has(client_cls, "release_session"):
+        return None
+    return layout
+
+
+def detect_loaded() -> tuple[Layout | None, str]:
+    """Detect the layout from the modules already imported, without importing anything.
+
+    Returns ``(layout, "")``, or ``(None, reason)`` where the reason says whether the client
+    is simply not imported yet (empty-handed but normal) or has an unknown structure.
+    """
+    client_mod = sys.modules.get(CLIENT_MODULE)
+    reattach_mod = sys.modules.get(REATTACH_MODULE)
+    if client_mod is None or reattach_mod is None:
+        return None, "not-imported"
+    client_cls = getattr(client_mod, "SparkConnectClient", None)
+    reattach_cls = getattr(reattach_mod, "ExecutePlanResponseReattachableIterator", None)
+    if not isinstance(client_cls, type) or not isinstance(reattach_cls, type):
+        # A module still executing (circular import) does not have its classes yet.
+        return None, "not-imported"
+    session_mod = sys.modules.get(SESSION_MODULE)
+    session_cls = getattr(session_mod, "SparkSession", None) if session_mod else None
+    layout = detect(
+        reattach_cls, client_cls, session_cls if isinstance(session_cls, type) else None
+    )
+    if layout is None:
+        return None, "unknown"
+    return layout, ""
+
+
+_VERSION_RE = re.compile(r"""__version__\s*(?::\s*str\s*)?=\s*["']([^"']+)["']""")
+
+
+def installed_pyspark_version() -> str | None:
+    """Return the installed ``pyspark`` module's version without importing pyspark.
+
+    All three distributions install the same module, so its own ``version.py`` is read
+    rather than any distribution's metadata.
+    """
+    module = sys.modules.get("pyspark")
+    version = getattr(module, "__version__", None) if module is not None else None
+    if isinstance(version, str):
+        return version
+    try:
+        spec = importlib.util.find_spec("pyspark")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        try:
+            with open(f"{folder}/version.py", encoding="utf-8") as handle:
+                match = _VERSION_RE.search(handle.read())
+        except OSError:
+            continue
+        if match:
+            return match.group(1)
+    return None
+
+
+# --- client internals ------------------------------------------------------------------------
+
+
+def is_closed(client: Any) -> bool:
+    """Return whether this client's channel was closed (by upstream or by the shim)."""
+    return bool(getattr(client, "_closed", False))
+
+
+def close_channel(client: Any) -> None:
+    """Close this client's gRPC channel only, and mark the client closed.
+
+    Closing a channel cancels every RPC in flight on it at once, which frees release-pool
+    workers stuck on it. It neither locks nor waits, so it is safe from ``__del__``.
+    """
+    channel = getattr(client, "_channel", None)
+    if channel is not None:
+        channel.close()
+    # Upstream's is_stopped/is_closed read this; 4.2+ skips its exit-time RPCs when it is set.
+    client._closed = True
+
+
+def has_release_session_rpc(client: Any) -> bool:
+    """Return whether this client's line has the ``ReleaseSession`` RPC (3.5 has not)."""
+    return hasattr(type(client), "release_session")
+
+
+def release_on_exit(client: Any) -> bool:
+    """Return whether upstream would release this client's session at exit (4.2+ opt-in)."""
+    return bool(getattr(client, "_release_session_on_exit", False))
+
+
+def release_server_side(client: Any, timeout: float) -> None:
+    """Send one ``ReleaseSession`` RPC with a deadline, as upstream builds it, without retries.
+
+    Errors are converted the way upstream converts them (``_handle_error`` raises).
+    """
+    from pyspark.sql.connect import proto
+
+    request = proto.ReleaseSessionRequest()
+    request.session_id = client._session_id
+    request.client_type = client._builder.userAgent
+    if getattr(client, "_user_id", None):
+        request.user_context.user_id = client._user_id
+    try:
+        # `_stub` raises upstream's NO_ACTIVE_SESSION error once the client is closed.
+        response = client._stub.ReleaseSession(
+            request, metadata=client._builder.metadata(), timeout=timeout
+        )
+        verify = getattr(client, "_verify_response_integrity", None)
+        if verify is not None:
+            verify(response)
+    except Exception as error:
+        client._handle_error(error)
+
+
+def shutdown_release_pool_nowait(layout: Layout) -> bool:
+    """Shut the process-global release pool down without waiting on its workers.
+
+    Returns whether a pool was shut down. Queued releases are cancelled; a new pool is
+    created on demand by upstream if anything still runs a query afterwards.
+    """
+    reattach_mod = sys.modules.get(REATTACH_MODULE)
+    reattach_cls = getattr(reattach_mod, "ExecutePlanResponseReattachableIterator", None)
+    if reattach_cls is None:
+        return False
+    lock = getattr(reattach_cls, "_lock", None)
+    acquired = lock.acquire(timeout=_POOL_LOCK_TIMEOUT) if lock is not None else False
+    try:
+        pool = getattr(reattach_cls, layout.pool_attribute, None)
+        if pool is None:
+            return False
+        setattr(reattach_cls, layout.pool_attribute, None)
+    finally:
+        if acquired and lock is not None:
+            lock.release()
+    if layout is LAYOUT_3_5:
+        # multiprocessing.pool.ThreadPool: close() refuses new work and returns at once;
+        # its workers are daemon threads, so nothing joins them at exit.
+        pool.close()
+    else:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return True

@@ -1,0 +1,138 @@
+"""install(), uninstall(), is_installed() and status(): the shim's life cycle."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from types import ModuleType
+from typing import Any
+
+from . import _exit, _layouts, _sessions
+from ._patcher import Patcher, watch_imports
+from ._settings import (
+    ENV_ENABLED,
+    SafestopWarning,
+    Settings,
+    enabled_from_env,
+    release_timeout_from_env,
+    validate_timeout,
+)
+from ._state import LOCK, STATE
+from ._wrappers import ROLES
+
+__all__ = ["install", "is_installed", "status", "uninstall"]
+
+logger = logging.getLogger("pyspark_safestop")
+
+_PATCHER = Patcher(ROLES)
+_unknown_warned = threading.Event()
+
+
+def install(*, release_timeout: float | None = None) -> bool:
+    """Activate the shim; return whether it is active after the call.
+
+    Patches Spark Connect's ``SparkSession`` and ``SparkConnectClient`` at once if they are
+    imported, otherwise as soon as they are (pyspark is never imported by this call).
+    Calling it again never wraps twice; it only updates the settings. With
+    ``PYSPARK_SAFESTOP=0`` in the environment nothing is touched and ``False`` is returned.
+
+    ``release_timeout`` bounds the server-side release in ``stop()``, in seconds (default:
+    ``PYSPARK_SAFESTOP_RELEASE_TIMEOUT``, else 5). Raises ``ValueError`` if it is not a
+    positive number.
+    """
+    seconds = (
+        release_timeout_from_env()
+        if release_timeout is None
+        else validate_timeout(release_timeout, "release_timeout")
+    )
+    if not enabled_from_env():
+        logger.warning("install() ignored: %s disables pyspark-safestop", ENV_ENABLED)
+        return False
+    with LOCK:
+        STATE.settings = Settings(release_timeout=seconds)
+        if STATE.installed:
+            logger.debug("install(): already installed; settings updated")
+            return True
+        STATE.installed = True
+        _exit.register()
+        watch_imports(_layouts.WATCHED_MODULES, _on_module_imported)
+        _apply_loaded()
+    logger.debug("pyspark-safestop installed (release timeout %.3g s)", seconds)
+    return True
+
+
+def uninstall() -> None:
+    """Deactivate the shim and restore every patched attribute to its original object.
+
+    Harmless when the shim is not installed.
+    """
+    with LOCK:
+        if not STATE.installed:
+            logger.debug("uninstall(): not installed; nothing to do")
+            return
+        STATE.installed = False
+        restored = _PATCHER.revert()
+    logger.debug("pyspark-safestop uninstalled; restored %s", restored)
+
+
+def is_installed() -> bool:
+    """Return whether the shim is active in this process."""
+    return STATE.installed
+
+
+def status() -> dict[str, Any]:
+    """Describe the shim in this process (without importing pyspark).
+
+    Keys: ``enabled`` (the environment switch), ``installed``, ``pyspark_version``,
+    ``layout`` (``"3.5"``, ``"4.0"``, ``"4.1"``, ``"4.2+"`` or ``None``), ``layout_problem``
+    (``"not-imported"``, ``"unknown"`` or ``None``), ``release_session_rpc``, ``stop_mode``,
+    ``patches`` (the attributes wrapped now), ``settings`` and ``live_sessions``.
+    """
+    with LOCK:
+        layout, problem = STATE.layout, STATE.layout_problem
+        if layout is None:
+            layout, problem = _layouts.detect_loaded()
+        if layout is None:
+            stop_mode = None
+        elif layout.release_session_rpc:
+            stop_mode = "release-then-close"
+        else:
+            stop_mode = "close-only (this line has no ReleaseSession RPC)"
+        return {
+            "enabled": enabled_from_env(),
+            "installed": STATE.installed,
+            "pyspark_version": _layouts.installed_pyspark_version(),
+            "layout": layout.name if layout else None,
+            "layout_problem": problem or None,
+            "release_session_rpc": layout.release_session_rpc if layout else None,
+            "stop_mode": stop_mode,
+            "patches": _PATCHER.applied(),
+            "settings": {"release_timeout": STATE.settings.release_timeout},
+            "live_sessions": len(_sessions.live()),
+        }
+
+
+def _on_module_imported(module: ModuleType) -> None:
+    _apply_loaded()
+
+
+def _apply_loaded() -> None:
+    with LOCK:
+        if not STATE.installed:
+            return
+        layout, problem = _layouts.detect_loaded()
+        if layout is None:
+            STATE.layout_problem = problem
+            if problem == "unknown" and not _unknown_warned.is_set():
+                _unknown_warned.set()
+                message = (
+                    f"pyspark {_layouts.installed_pyspark_version()} has a Spark Connect client "
+                    "this version of pyspark-safestop does not recognise; pyspark is left "
+                    "untouched"
+                )
+                logger.warning("%s", message)
+                warnings.warn(message, SafestopWarning, stacklevel=2)
+            return
+        STATE.layout, STATE.layout_problem = layout, None
+        _PATCHER.apply(layout.targets)

@@ -1,0 +1,28 @@
+"""The shim's process-wide state, shared by the installer, the wrappers and the exit path."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from ._layouts import Layout
+from ._settings import Settings, release_timeout_from_env
+
+__all__ = ["LOCK", "STATE", "State"]
+
+
+@dataclass
+class State:
+    """Whether the shim is installed, with which settings, on which detected layout."""
+
+    installed: bool = False
+    settings: Settings = field(default_factory=lambda: Settings(release_timeout_from_env()))
+    layout: Layout | None = None
+    #: Why no layout is known: "not-imported" (yet) or "unknown" (structure not recognised).
+    layout_problem: str | None = "not-imported"
+
+
+STATE = State()
+#: Serialises install, uninstall and patch application (re-entrant: a post-import hook can
+#: fire inside install() when the modules are already loaded).
+LOCK = threading.RLock()
