@@ -27,6 +27,7 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+# A library adds no output of its own unless the user configures logging.
 logging.getLogger("pyspark_safestop").addHandler(logging.NullHandler())
 
 

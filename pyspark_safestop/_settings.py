@@ -7,7 +7,6 @@ the default. Values passed to functions by code are checked strictly and raise `
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import threading
@@ -24,8 +23,6 @@ __all__ = [
     "release_timeout_from_env",
     "validate_timeout",
 ]
-
-logger = logging.getLogger("pyspark_safestop")
 
 ENV_ENABLED = "PYSPARK_SAFESTOP"
 ENV_RELEASE_TIMEOUT = "PYSPARK_SAFESTOP_RELEASE_TIMEOUT"
@@ -58,7 +55,7 @@ def _warn_once(name: str, value: str, message: str) -> None:
         if (name, value) in _warned:
             return
         _warned.add((name, value))
-    logger.warning("%s", message)
+    # A warning, not a log record: it reaches the user once whatever logging is configured.
     warnings.warn(message, SafestopWarning, stacklevel=3)
 
 
