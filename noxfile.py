@@ -66,6 +66,30 @@ def tests(session: nox.Session, line: str) -> None:
     )
 
 
+def _line_python(session: nox.Session, line: str) -> str:
+    """An interpreter with one client line and this package, in .nox/lines/<line>."""
+    venv = Path(".nox") / "lines" / line
+    python = venv / "bin" / "python"
+    if not python.exists():
+        session.run("uv", "venv", "-q", "--python", sys.executable, str(venv), external=True)
+    session.run(
+        "uv", "pip", "install", "-q", "--python", str(python), *LINES[line], ".", external=True
+    )  # fmt: skip
+    return str(python.resolve())
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """stop() latency and exit time, upstream vs shim, on every client line, in one table."""
+    spark_home = _spark_home(session)
+    session.install("grpcio", "psutil", "wrapt")
+    lines = [f"--line={line}={_line_python(session, line)}" for line in LINES]
+    session.run(
+        "python", "benchmarks/stop_latency.py", *lines, *session.posargs,
+        env={"PYSPARK_SAFESTOP_SPARK_HOME": spark_home},
+    )  # fmt: skip
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint and format) on everything, mypy --strict on the package."""
