@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 
 from ._release import release_session_without_shutdown
-from ._settings import SafestopWarning, enabled_from_env
-from ._shim import install, is_installed, status, uninstall
+from ._settings import SafestopWarning
+from ._shim import activate, install, is_installed, status, uninstall
 
 __all__ = [
     "SafestopWarning",
@@ -30,16 +30,6 @@ __version__ = "0.1.0"
 # A library adds no output of its own unless the user configures logging.
 logging.getLogger("pyspark_safestop").addHandler(logging.NullHandler())
 
-
-def _activate_on_import() -> None:
-    # An import must never fail or raise because of the shim: log and carry on unpatched.
-    try:
-        if enabled_from_env():
-            install()
-    except Exception:
-        logging.getLogger("pyspark_safestop").warning(
-            "pyspark-safestop could not activate; pyspark is left untouched", exc_info=True
-        )
-
-
-_activate_on_import()
+# An import must never fail because of the shim: activate() logs and carries on unpatched.
+activate("import")
+del activate

@@ -32,12 +32,18 @@ def release_session_without_shutdown(session: Any, timeout: float | None = None)
 
     Returns whether the server confirmed the release. Calling it again is harmless.
 
-    Raises ``ValueError`` if ``timeout`` is not a positive number of seconds.
+    Raises ``ValueError`` if ``timeout`` is not a positive number of seconds, ``TypeError`` if
+    ``session`` is not a Spark Connect session (a classic session has no such problem).
     """
     seconds = (
         STATE.settings.release_timeout if timeout is None else validate_timeout(timeout, "timeout")
     )
-    client = session.client
+    client = getattr(session, "client", None)
+    if client is None or not hasattr(client, "_channel"):
+        raise TypeError(
+            "release_session_without_shutdown() needs a Spark Connect SparkSession, "
+            f"got {type(session).__name__}"
+        )
     released = False
     if not _layouts.is_closed(client):
         wants_release = bool(getattr(session, "release_session_on_close", True))

@@ -21,7 +21,7 @@ from ._settings import (
 from ._state import LOCK, STATE
 from ._wrappers import ROLES
 
-__all__ = ["install", "is_installed", "status", "uninstall"]
+__all__ = ["activate", "install", "is_installed", "status", "uninstall"]
 
 logger = logging.getLogger("pyspark_safestop")
 
@@ -55,11 +55,34 @@ def install(*, release_timeout: float | None = None) -> bool:
             logger.debug("install(): already installed; settings updated")
             return True
         STATE.installed = True
+        STATE.activated_by = "install()"
         _exit.register()
         watch_imports(_layouts.WATCHED_MODULES, _on_module_imported)
         _apply_loaded()
     logger.debug("pyspark-safestop installed (release timeout %.3g s)", seconds)
     return True
+
+
+def activate(source: str) -> bool:
+    """Install with the settings from the environment, recording ``source`` as the path that
+    activated the shim ("import", "pth", "pytest-plugin"). Never raises: activation paths run
+    where an exception would break an import, an interpreter or a test session."""
+    try:
+        if not enabled_from_env():
+            return False
+        with LOCK:
+            first = not STATE.installed
+            active = install()
+            if active and first:
+                STATE.activated_by = source
+            return active
+    except Exception:
+        logger.warning(
+            "pyspark-safestop could not activate (%s); pyspark is left untouched",
+            source,
+            exc_info=True,
+        )
+        return False
 
 
 def uninstall() -> None:
@@ -84,7 +107,8 @@ def is_installed() -> bool:
 def status() -> dict[str, Any]:
     """Describe the shim in this process (without importing pyspark).
 
-    Keys: ``enabled`` (the environment switch), ``installed``, ``pyspark_version``,
+    Keys: ``enabled`` (the environment switch), ``installed``, ``activated_by`` (``"import"``,
+    ``"pth"``, ``"pytest-plugin"`` or ``"install()"``), ``pyspark_version``,
     ``layout`` (``"3.5"``, ``"4.0"``, ``"4.1"``, ``"4.2+"`` or ``None``), ``layout_problem``
     (``"not-imported"``, ``"unknown"`` or ``None``), ``release_session_rpc``, ``stop_mode``,
     ``patches`` (the attributes wrapped now), ``settings`` and ``live_sessions``.
@@ -102,6 +126,7 @@ def status() -> dict[str, Any]:
         return {
             "enabled": enabled_from_env(),
             "installed": STATE.installed,
+            "activated_by": STATE.activated_by if STATE.installed else None,
             "pyspark_version": _layouts.installed_pyspark_version(),
             "layout": layout.name if layout else None,
             "layout_problem": problem or None,

@@ -20,6 +20,8 @@ class State:
     layout: Layout | None = None
     #: Why no layout is known: "not-imported" (yet) or "unknown" (structure not recognised).
     layout_problem: str | None = "not-imported"
+    #: How the shim was first activated: "import", "pth", "pytest-plugin" or "install()".
+    activated_by: str | None = None
 
 
 STATE = State()

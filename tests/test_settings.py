@@ -98,3 +98,8 @@ def test_import_never_imports_pyspark(tmp_path: Path) -> None:
         tmp_path,
     )
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_helper_refuses_a_non_connect_session() -> None:
+    with pytest.raises(TypeError, match="Spark Connect SparkSession, got object"):
+        pyspark_safestop.release_session_without_shutdown(object())
