@@ -46,19 +46,24 @@ def release_session_without_shutdown(session: Any, timeout: float | None = None)
         )
     released = False
     if not _layouts.is_closed(client):
-        wants_release = bool(getattr(session, "release_session_on_close", True))
-        if wants_release and _layouts.has_release_session_rpc(client):
-            try:
-                _layouts.release_server_side(client, seconds)
-                released = True
-            except Exception as error:
-                logger.warning(
-                    "session %s could not be released on the server within %.3g s: %s",
-                    getattr(client, "_session_id", "?"),
-                    seconds,
-                    error,
-                )
-        _layouts.close_channel(client)
+        try:
+            wants_release = bool(getattr(session, "release_session_on_close", True))
+            if wants_release and _layouts.has_release_session_rpc(client):
+                try:
+                    _layouts.release_server_side(client, seconds)
+                    released = True
+                except Exception as error:
+                    logger.warning(
+                        "session %s could not be released on the server within %.3g s: %s",
+                        getattr(client, "_session_id", "?"),
+                        seconds,
+                        error,
+                    )
+        finally:
+            # Even on KeyboardInterrupt: an open channel keeps its hung RPCs (and a pool
+            # worker) alive, and the session is already marked stopped, so nothing else
+            # would close it and exit would hang.
+            _layouts.close_channel(client)
     if not STATE.installed:
         client.close = functools.partial(_layouts.close_channel, client)
     return released
