@@ -6,6 +6,7 @@ the channels of the sessions still here, and ``status()`` counts them.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from typing import Any
@@ -17,6 +18,21 @@ _live: weakref.WeakSet[Any] = weakref.WeakSet()
 # Sessions whose stop() went through the shim; kept weakly so a stopped session can be
 # collected. A second stop() consults it to be a no-op.
 _stopped: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _forget_after_fork() -> None:
+    # A child made by os.fork() inherits the parent's sessions, but not the threads that serve
+    # their channels: closing them from the child's exit hook can block on gRPC state owned by
+    # the parent. The child's sessions are only those it creates itself. The lock may have been
+    # held by another parent thread at the fork: replace it rather than acquire it.
+    global _lock, _live, _stopped
+    _lock = threading.Lock()
+    _live = weakref.WeakSet()
+    _stopped = weakref.WeakSet()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def add(session: Any) -> None:

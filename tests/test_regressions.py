@@ -90,6 +90,13 @@ def collected_within(bound: float) -> Check:
     return check
 
 
+def interrupted(outcome: Outcome) -> list[str]:
+    event = outcome.find("interrupted")
+    if event is None:
+        return ["the KeyboardInterrupt never reached the script"]
+    return []
+
+
 def all_stopped_within(bound: float) -> Check:
     def check(outcome: Outcome) -> list[str]:
         event = outcome.find("stopped", label="all")
@@ -162,6 +169,14 @@ CASES: dict[str, Case] = {
     "h_double_stop": Case(
         "double_stop",
         (stop_within("first", STOP_BOUND), stop_within("second", STOP_BOUND), next_session_works),
+    ),
+    # (i) Ctrl-C while stop() waits on a hung ReleaseSession: the interrupt must not leave the
+    # channel (and its hung RPCs) open, or the next session or the exit hangs.
+    "i_interrupt_during_stop": Case(
+        "interrupt_during_stop",
+        (interrupted, next_session_works, exits_within(EXIT_BOUND)),
+        hang=("ReleaseExecute", "ReleaseSession"),
+        env={"PYSPARK_SAFESTOP_RELEASE_TIMEOUT": "3"},
     ),
 }
 

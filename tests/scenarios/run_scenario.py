@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -150,6 +152,32 @@ def double_stop() -> None:
     next_session_works()
 
 
+def interrupt_during_stop() -> None:
+    """KeyboardInterrupt (a real SIGINT) 0.5 s into stop(), with ReleaseExecute and
+    ReleaseSession hung; then a new session, and the interpreter must still exit."""
+    # A shell starts background commands with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: install the handler a terminal's Ctrl-C would find.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    session = new_session()
+    query(session)
+    started = time.monotonic()
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    returned = False
+    try:
+        session.stop()
+        returned = True
+        event("stopped", label="first", seconds=round(time.monotonic() - started, 3))
+        time.sleep(2)  # a stop quicker than the signal: the interrupt lands here instead
+    except KeyboardInterrupt:
+        event(
+            "interrupted",
+            during="after stop" if returned else "stop",
+            seconds=round(time.monotonic() - started, 3),
+        )
+    next_session_works()
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     "seed_chain": seed_chain,
     "plain_stop": plain_stop,
@@ -158,6 +186,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "concurrent_stops": concurrent_stops,
     "server_killed": server_killed,
     "double_stop": double_stop,
+    "interrupt_during_stop": interrupt_during_stop,
 }
 
 if __name__ == "__main__":
