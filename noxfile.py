@@ -1,9 +1,11 @@
-"""The test matrix: the whole suite against five Spark Connect client lines, plus lint.
+"""The test matrix: the whole suite against five Spark Connect client lines, lint, and the
+activation tests (the package installed for real, from its wheel and in editable mode).
 
 ``nox`` runs everything; ``nox -s "tests(line='4.1')"`` runs one line. Each line gets its own
 virtual environment. The real server for every line comes from one ``pyspark==4.3.*``
 install (the full distribution ships the JVM jars; the ``pyspark-client`` lines have none);
-every client line from 3.5 on talks to a 4.3 server.
+every client line from 3.5 on talks to a 4.3 server. ``nox -s demo`` runs the examples against
+a real local server, without and with the shim.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "activation"]
 nox.options.error_on_missing_interpreters = True
 
 LINES = {
@@ -49,20 +51,75 @@ def _spark_home(session: nox.Session) -> str:
     return str(found[-1].parent.parent.resolve())
 
 
+#: The client line of the activation tests' fresh environments and of the demo.
+ACTIVATION_LINE = "4.2"
+DEMO_LINE = "4.3"
+
+
+def _install_dependencies(session: nox.Session, *extra: str) -> None:
+    # The package's dependencies, not the package: installed, its site-wide .pth would activate
+    # the shim in every interpreter of the session, including the subprocesses of tests that
+    # check what pyspark looks like before the shim touches it. The tests import the checkout;
+    # tests/activation installs the package for real, in environments of its own.
+    session.install("-r", "pyproject.toml", "--extra", "test", *extra)
+
+
 @nox.session
 @nox.parametrize("line", list(LINES))
 def tests(session: nox.Session, line: str) -> None:
     """The test suite on one client line, against a real Spark Connect server."""
     spark_home = _spark_home(session)
-    session.install(*LINES[line], ".[test]")
+    _install_dependencies(session, *LINES[line])
     session.run(
         "pytest",
+        "--ignore=tests/activation",
         *session.posargs,
         env={
             "PYSPARK_SAFESTOP_SPARK_HOME": spark_home,
             # Missing Java or jars fail the run here instead of skipping the server tests.
             "PYSPARK_SAFESTOP_REQUIRE_SERVER": "1",
         },
+    )
+
+
+@nox.session
+def activation(session: nox.Session) -> None:
+    """The package installed for real (wheel, editable) in fresh environments: the .pth, the
+    pytest plugin under xdist, doctor, serve; then the start-up cost of the .pth."""
+    spark_home = _spark_home(session)
+    _install_dependencies(session, "uv", *LINES[ACTIVATION_LINE])
+    session.run(
+        "pytest",
+        "tests/activation",
+        *session.posargs,
+        env={
+            "PYSPARK_SAFESTOP_SPARK_HOME": spark_home,
+            "PYSPARK_SAFESTOP_REQUIRE_SERVER": "1",
+            "PYSPARK_SAFESTOP_ACTIVATION_CLIENT": " ".join(LINES[ACTIVATION_LINE]),
+        },
+    )
+    session.run("python", "benchmarks/startup.py", "--runs", "200")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The examples against a real local server: they hang without the shim, pass with it.
+
+    ``nox -s demo -- --line 4.1`` picks another client line; other arguments go to
+    examples/demo.py (``--timeout``, ``--all``).
+    """
+    args = list(session.posargs)
+    line = DEMO_LINE
+    if "--line" in args:
+        at = args.index("--line")
+        line = args[at + 1] if at + 1 < len(args) else ""
+        del args[at : at + 2]
+    if line not in LINES:
+        session.error(f"--line must be one of {', '.join(LINES)}")
+    spark_home = _spark_home(session)
+    session.install(*LINES[line], ".[test]")
+    session.run(
+        "python", "examples/demo.py", *args, env={"PYSPARK_SAFESTOP_SPARK_HOME": spark_home}
     )
 
 
@@ -90,10 +147,53 @@ def bench(session: nox.Session) -> None:
     )  # fmt: skip
 
 
+EVIDENCE = ("stop_latency", "chart", "fault_matrix", "resource_growth", "suite_shaped", "seed_size")
+
+
+@nox.session
+def evidence(session: nox.Session) -> None:
+    """Every benchmark behind the README's "Measured" section, on every client line.
+
+    ``nox -s evidence -- fault_matrix suite_shaped`` runs some of them (names: see EVIDENCE).
+    About 1.5 h on a 2-core machine; JSON goes to benchmarks/results/, the chart to docs/.
+    """
+    wanted = list(session.posargs) or list(EVIDENCE)
+    unknown = sorted(set(wanted) - set(EVIDENCE))
+    if unknown:
+        session.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(EVIDENCE)}")
+    spark_home = _spark_home(session)
+    session.install(".[bench]")
+    pythons = {line: _line_python(session, line) for line in LINES}
+    for python in pythons.values():
+        # The suite-shaped runs are pytest suites, also under pytest-xdist.
+        session.run(
+            "uv", "pip", "install", "-q", "--python", python, "pytest>=7", "pytest-xdist>=3",
+            external=True,
+        )  # fmt: skip
+    lines = [f"--line={line}={python}" for line, python in pythons.items()]
+    env = {"PYSPARK_SAFESTOP_SPARK_HOME": spark_home}
+    commands = {
+        "stop_latency": ["benchmarks/stop_latency.py", *lines],
+        "chart": ["benchmarks/chart.py", "--out", "docs/stop_latency.png"],
+        "fault_matrix": ["benchmarks/fault_matrix.py", *lines],
+        "resource_growth": ["benchmarks/resource_growth.py", *lines],
+        "suite_shaped": ["benchmarks/suite_shaped.py", *lines],
+        "seed_size": [
+            "benchmarks/suite_shaped.py", "--seed-size", "--fractions=0.01",
+            "--parallel-fraction=-1", "--timeout=900",
+            f"--line=4.1={pythons['4.1']}", f"--line=4.3={pythons['4.3']}",
+            "--json=benchmarks/results/suite_seed_size.json",
+        ],
+    }  # fmt: skip
+    for name in EVIDENCE:
+        if name in wanted:
+            session.run("python", *commands[name], env=env)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint and format) on everything, mypy --strict on the package."""
     session.install("ruff", "mypy", "types-psutil", "grpc-stubs", "wrapt", "psutil", "pytest")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy", "--strict", "pyspark_safestop")
+    session.run("mypy", "--strict", "pyspark_safestop", "boot")

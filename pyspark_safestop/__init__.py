@@ -10,6 +10,7 @@ patches apply when pyspark's Spark Connect client is imported.
 from __future__ import annotations
 
 import logging
+import sys
 
 from ._release import release_session_without_shutdown
 from ._settings import SafestopWarning
@@ -31,5 +32,7 @@ __version__ = "0.1.0"
 logging.getLogger("pyspark_safestop").addHandler(logging.NullHandler())
 
 # An import must never fail because of the shim: activate() logs and carries on unpatched.
-activate("import")
+# The .pth hook and the pytest plugin import this package through `_pyspark_safestop_boot`,
+# which names the activating path while they do; a plain import is "import".
+activate(getattr(sys.modules.get("_pyspark_safestop_boot"), "activating", None) or "import")
 del activate

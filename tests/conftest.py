@@ -1,50 +1,34 @@
-"""Fixtures shared by the tests: a real Spark Connect server and the client line under test."""
+"""Fixtures shared by the tests: the plugin's real Spark Connect server, the client line.
+
+The server fixtures are the package's pytest plugin's (``spark_connect_server``,
+``spark_connect_url``, ``spark``, ``spark_per_class``). Installed, the package registers the
+plugin itself; run from a checkout without installing it (as the nox sessions do), the plugin
+is registered here, under the same name.
+
+``PYSPARK_SAFESTOP_REQUIRE_SERVER=1`` (set by the noxfile and CI) makes a missing Java or
+missing jars fail the tests that need the server instead of skipping them; the plugin reads it.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+import importlib
+from pathlib import Path
 
 import pytest
 
 from pyspark_safestop import _layouts
-from pyspark_safestop._server import SparkConnectServer, find_spark_home, java_available
+from pyspark_safestop._server import SparkConnectServer
+from tests.bootsite import make_site_dir
 
-#: Set by the test runner (noxfile, CI) where a server must be available: a missing Java or
-#: missing jars then fail the run instead of skipping the server tests.
-REQUIRE_SERVER = os.environ.get("PYSPARK_SAFESTOP_REQUIRE_SERVER") == "1"
+pytest_plugins = ["pytester"]
 
-_server: SparkConnectServer | None = None
-
-
-def _unavailable(reason: str) -> None:
-    if REQUIRE_SERVER:
-        pytest.fail(f"a real Spark Connect server is required here, but {reason}")
-    pytest.skip(reason)
+PLUGIN = "pyspark_safestop"
 
 
-@pytest.fixture(scope="session")
-def spark_connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkConnectServer]:
-    """A real Spark Connect server on a loopback port, for the whole test session."""
-    global _server
-    if not java_available():
-        _unavailable("no Java runtime found (install Java 17 or set JAVA_HOME)")
-    home = find_spark_home()
-    if home is None:
-        _unavailable(
-            "no Spark jars found: install pyspark[connect]==4.3.* somewhere and point "
-            "PYSPARK_SAFESTOP_SPARK_HOME at its pyspark folder"
-        )
-    assert home is not None
-    log_path = tmp_path_factory.mktemp("spark-connect-server") / "server.log"
-    server = SparkConnectServer(home, log_path=log_path)
-    server.start()
-    _server = server
-    try:
-        yield server
-    finally:
-        _server = None
-        server.stop()
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    # Registered now, its options are parsed with the command line like an installed plugin's.
+    if pluginmanager.get_plugin(PLUGIN) is None and not pluginmanager.is_blocked(PLUGIN):
+        pluginmanager.register(importlib.import_module("pyspark_safestop.plugin"), PLUGIN)
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +48,7 @@ def client_layout() -> str:
     return layout.name
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and _server is not None and item.get_closest_marker("server"):
-        report.sections.append(("Spark Connect server log (tail)", _server.log_tail(60)))
+@pytest.fixture
+def site_dir(tmp_path: Path) -> Path:
+    """A folder holding a copy of the wheel's start-up files (see tests/bootsite.py)."""
+    return make_site_dir(tmp_path)

@@ -1,0 +1,332 @@
+"""``doctor``: does this environment have the hang, and is the shim active here, and how?
+
+The facts about pyspark come from a fresh interpreter of this environment (:mod:`._probe`),
+started with this interpreter's flags: it imports pyspark's Spark Connect client the way a
+user's script does, so what it reports is what a script gets, unaffected by this process
+having imported the package. The rest (installed files, entry points, settings) is read here.
+
+Whether a client has the hang is decided from its layout (:data:`KNOWN_PROBLEMS`): every layout
+the shim recognises has it. A client the layout module does not recognise (a future, fixed
+pyspark) is reported as not known to have it, and the shim leaves it untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from ._server import find_spark_home, java_available
+from ._settings import (
+    ENV_ENABLED,
+    ENV_RELEASE_TIMEOUT,
+    enabled_from_env,
+    release_timeout_from_env,
+)
+
+__all__ = [
+    "KNOWN_PROBLEMS",
+    "Verdict",
+    "decide",
+    "diagnose",
+    "render",
+]
+
+#: What goes wrong without the shim, per client layout (as this project's tests reproduce it).
+KNOWN_PROBLEMS = {
+    "3.5": "stop() hangs forever when a ReleaseExecute RPC hangs, and so does every session "
+    "after it",
+    "4.0": "stop() hangs forever when a ReleaseExecute or ReleaseSession RPC hangs; the "
+    "interpreter hangs at exit while an RPC is in flight",
+    "4.1": "stop() hangs forever when a ReleaseExecute or ReleaseSession RPC hangs; the "
+    "interpreter hangs at exit while an RPC is in flight",
+    "4.2+": "stop() waits 10 s for each hung ReleaseExecute and forever for a hung "
+    "ReleaseSession (4.3: 10 min); the interpreter hangs at exit while an RPC is in flight",
+}
+
+PTH_FILE = "pyspark_safestop.pth"
+START_FILE = "pyspark_safestop.start"
+PLUGIN_NAME = "pyspark_safestop"
+PROBE = Path(__file__).with_name("_probe.py")
+PROBE_TIMEOUT = 180.0
+DISTRIBUTIONS = ("pyspark", "pyspark-client", "pyspark-connect")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer: ``ok`` is false when the hang is present and nothing activates the shim."""
+
+    ok: bool
+    #: True (present), False (absent) or None (not known: an unrecognised client).
+    bug: bool | None
+    #: "everywhere" (every interpreter, through the .pth), "pytest" (the plugin only) or "no".
+    active: str
+    summary: str
+
+
+def decide(
+    *,
+    pyspark_version: str | None,
+    connect_error: str | None,
+    layout: str | None,
+    layout_problem: str | None,
+    active_everywhere: bool,
+    plugin_active: bool,
+) -> Verdict:
+    """Decide from the facts; a pure function (the unit tests cover every branch)."""
+    active = "everywhere" if active_everywhere else "pytest" if plugin_active else "no"
+    if pyspark_version is None:
+        return Verdict(True, False, active, "pyspark is not installed: nothing to fix")
+    if connect_error is not None and layout is None:
+        return Verdict(
+            True,
+            False,
+            active,
+            f"pyspark {pyspark_version}'s Spark Connect client cannot be imported here "
+            f"({connect_error}): nothing to fix until it can",
+        )
+    if layout is None or layout not in KNOWN_PROBLEMS:
+        what = "not recognised" if layout_problem == "unknown" or layout else "not inspected"
+        return Verdict(
+            True,
+            None,
+            active,
+            f"pyspark {pyspark_version}'s Spark Connect client is {what}: it is not known to "
+            "have the hang, and the shim leaves it untouched",
+        )
+    if active == "everywhere":
+        return Verdict(True, True, active, "the hang is present, and the shim is active")
+    if active == "pytest":
+        return Verdict(
+            True,
+            True,
+            active,
+            "the hang is present; the shim is active under pytest (the plugin) but not in "
+            "other interpreters: add `import pyspark_safestop` to scripts",
+        )
+    return Verdict(
+        False,
+        True,
+        active,
+        "the hang is present and the shim is NOT active: see the activation paths above",
+    )
+
+
+# -- facts --------------------------------------------------------------------------------------
+
+
+def _probe() -> dict[str, Any]:
+    flags = []
+    if sys.flags.isolated:
+        flags.append("-I")
+    else:
+        if sys.flags.no_site:
+            flags.append("-S")
+        if sys.flags.no_user_site:
+            flags.append("-s")
+        if sys.flags.ignore_environment:
+            flags.append("-E")
+    proc = subprocess.run(
+        [sys.executable, *flags, str(PROBE)],
+        capture_output=True,
+        text=True,
+        timeout=PROBE_TIMEOUT,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"the probe interpreter failed (exit status {proc.returncode}): {tail}")
+    found: dict[str, Any] = json.loads(lines[-1])
+    return found
+
+
+def _site_files() -> dict[str, str | None]:
+    """Where this environment's ``.pth`` and ``.start`` files are (on ``sys.path``)."""
+    found: dict[str, str | None] = {}
+    for name in (PTH_FILE, START_FILE):
+        paths = (Path(entry or ".") / name for entry in sys.path)
+        found[name] = next((str(path) for path in paths if path.is_file()), None)
+    return found
+
+
+def _entry_point() -> str | None:
+    """The value of this package's pytest11 entry point, if it is installed."""
+    try:
+        points: Any = metadata.entry_points()
+        group = (
+            points.select(group="pytest11")
+            if hasattr(points, "select")
+            else points.get("pytest11", [])
+        )
+    except Exception:
+        return None
+    for point in group:
+        if point.name == PLUGIN_NAME:
+            value: str = point.value
+            return value
+    return None
+
+
+def _distributions() -> dict[str, str]:
+    found = {}
+    for name in DISTRIBUTIONS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _plugin_state(entry_point: str | None) -> tuple[bool, str]:
+    if entry_point is None:
+        return False, "not installed (no pytest11 entry point)"
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        return False, "not loaded: PYTEST_DISABLE_PLUGIN_AUTOLOAD is set (add -p pyspark_safestop)"
+    if f"no:{PLUGIN_NAME}" in os.environ.get("PYTEST_ADDOPTS", ""):
+        return False, f"blocked by PYTEST_ADDOPTS (-p no:{PLUGIN_NAME})"
+    if not enabled_from_env():
+        return False, f"loaded by pytest, but {ENV_ENABLED}=0 keeps the shim off"
+    return True, "registered: pytest loads it and it activates the shim"
+
+
+def _pth_state(files: dict[str, str | None], probe: dict[str, Any]) -> tuple[bool, str]:
+    pth = files[PTH_FILE]
+    if pth is None:
+        return False, "not installed (no pyspark_safestop.pth on sys.path)"
+    if not probe.get("boot_processed"):
+        return False, f"{pth} is not processed here (python -S, or not a site directory)"
+    state = probe.get("boot_state_after") or probe.get("boot_state")
+    fired = bool(probe.get("status_was_active")) and state == "fired"
+    descriptions = {
+        "disabled": f"present, but {ENV_ENABLED}=0 turns it off",
+        "armed": "armed, but pyspark's Spark Connect client was not imported",
+        "fired": "active: the shim is activated when pyspark's Spark Connect client is imported",
+        "failed": "failed: see the error it printed on stderr",
+        "off": "present, but its hook was not armed",
+    }
+    return fired, descriptions.get(str(state), f"state {state!r}")
+
+
+def diagnose() -> dict[str, Any]:
+    """Collect the facts and the verdict, as a JSON-serialisable dict."""
+    try:
+        probe = _probe()
+        probe_error = None
+    except (OSError, RuntimeError, subprocess.TimeoutExpired, ValueError) as error:
+        probe, probe_error = {}, str(error)
+    status: dict[str, Any] = probe.get("status") or {}
+    files = _site_files()
+    entry_point = _entry_point()
+    plugin_active, plugin_text = _plugin_state(entry_point)
+    pth_active, pth_text = _pth_state(files, probe)
+    verdict = decide(
+        pyspark_version=status.get("pyspark_version"),
+        connect_error=probe.get("connect_error"),
+        layout=status.get("layout"),
+        layout_problem=status.get("layout_problem"),
+        active_everywhere=pth_active,
+        plugin_active=plugin_active,
+    )
+    if probe_error is not None:
+        verdict = Verdict(False, None, verdict.active, f"could not inspect pyspark: {probe_error}")
+    spark_home = find_spark_home()
+    return {
+        "ok": verdict.ok,
+        "summary": verdict.summary,
+        "bug": verdict.bug,
+        "problem": KNOWN_PROBLEMS.get(status.get("layout") or "") if verdict.bug else None,
+        "shim": {
+            "active": verdict.active,
+            "activated_by": status.get("activated_by") if probe.get("status_was_active") else None,
+            "patches": status.get("patches", []) if probe.get("status_was_active") else [],
+        },
+        "pyspark": {
+            "version": status.get("pyspark_version"),
+            "distributions": _distributions(),
+            "layout": status.get("layout"),
+            "layout_problem": status.get("layout_problem"),
+            "connect_error": probe.get("connect_error"),
+        },
+        "activation": {
+            "pth": {"active": pth_active, "state": pth_text, "file": files[PTH_FILE]},
+            "start_file": files[START_FILE],
+            "pytest_plugin": {"active": plugin_active, "state": plugin_text},
+            "import": "`import pyspark_safestop` activates it in any interpreter"
+            if enabled_from_env()
+            else f"off: {ENV_ENABLED}=0 makes `import pyspark_safestop` a no-op",
+        },
+        "settings": {
+            ENV_ENABLED: os.environ.get(ENV_ENABLED),
+            "enabled": enabled_from_env(),
+            ENV_RELEASE_TIMEOUT: os.environ.get(ENV_RELEASE_TIMEOUT),
+            "release_timeout": release_timeout_from_env(),
+            "spark_home": str(spark_home) if spark_home else None,
+            "java": java_available(),
+        },
+        "python": {"version": sys.version.split()[0], "executable": sys.executable},
+        "pyspark_safestop": __version__,
+        "probe_error": probe_error,
+    }
+
+
+# -- text ---------------------------------------------------------------------------------------
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as text for a person."""
+    pyspark = report["pyspark"]
+    shim = report["shim"]
+    settings = report["settings"]
+    activation = report["activation"]
+    dists = ", ".join(f"{k} {v}" for k, v in pyspark["distributions"].items()) or "none"
+    if pyspark["version"] is None:
+        spark = "not installed"
+    else:
+        spark = f"{pyspark['version']} (distributions: {dists})"
+    layout = pyspark["layout"] or pyspark["layout_problem"] or "-"
+    if pyspark["connect_error"]:
+        layout += f" (Spark Connect client not importable: {pyspark['connect_error']})"
+    bug = {True: "present", False: "absent", None: "not known"}[report["bug"]]
+    if report["problem"]:
+        bug += f": {report['problem']}"
+    active = {
+        "everywhere": "active in every interpreter (site-wide .pth)",
+        "pytest": "active under pytest only (plugin)",
+        "no": "NOT active",
+    }[shim["active"]]
+    if shim["activated_by"]:
+        active += f"; activated by {shim['activated_by']}, {len(shim['patches'])} patches"
+    timeout = settings["release_timeout"]
+    rows = [
+        ("pyspark-safestop", report["pyspark_safestop"]),
+        ("python", f"{report['python']['version']} ({report['python']['executable']})"),
+        ("pyspark", spark),
+        ("client layout", layout),
+        ("the hang", bug),
+        ("shim", active),
+        (".pth", activation["pth"]["state"]),
+        (".start (3.15+)", activation["start_file"] or "not installed"),
+        ("pytest plugin", activation["pytest_plugin"]["state"]),
+        ("import", activation["import"]),
+        (ENV_ENABLED, f"{settings[ENV_ENABLED]!r} -> {'on' if settings['enabled'] else 'OFF'}"),
+        (ENV_RELEASE_TIMEOUT, f"{settings[ENV_RELEASE_TIMEOUT]!r} -> {timeout:g} s"),
+        ("server jars", settings["spark_home"] or "none found (serve and the fixtures need them)"),
+        ("java", _yes(settings["java"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
+    lines.append("")
+    lines.append(f"{'OK' if report['ok'] else 'PROBLEM'}: {report['summary']}")
+    return "\n".join(lines)

@@ -1,0 +1,357 @@
+"""The ``pyspark-safestop`` command: one subcommand per task, each a small function.
+
+Exit status: 0 on success, 1 when the command refused or failed, 2 for bad usage. Output meant
+for scripts goes to stdout; diagnostics go to stderr.
+
+A new subcommand is an ``_add_<name>(subparsers)`` function that builds its parser and sets
+``handler`` to a ``(argparse.Namespace) -> int`` function, listed in ``_SUBCOMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from . import _doctor, _serve, ports
+from ._server import SparkConnectServer, find_spark_home, java_available
+
+__all__ = ["build_parser", "main"]
+
+PROG = "pyspark-safestop"
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+#: What argparse's ``add_subparsers()`` returns (its class is private).
+_Subparsers = Any
+
+# -- argument types (their errors become usage errors naming the value) -----------------------
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 1-65535, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"count must be in 1-1000, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"timeout must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    if not text:
+        raise argparse.ArgumentTypeError("the pattern must not be empty")
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"bad regular expression {text!r}: {error}") from None
+
+
+# -- free-port --------------------------------------------------------------------------------
+
+
+def _add_free_port(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "free-port",
+        help="print free TCP ports outside the ephemeral range",
+        description=(
+            "Print free TCP ports, one per line, chosen outside the kernel's ephemeral range "
+            "so that outgoing connections are never given them. The ports are leased only "
+            "while this command runs: once it has exited, another process may receive them. "
+            "Use them promptly, or call pyspark_safestop.ports.allocate_free_port() from the "
+            "process that starts the server, which holds the lease until it releases the port "
+            "or exits."
+        ),
+    )
+    parser.add_argument(
+        "--count", type=_count, default=1, metavar="N", help="how many ports (default 1)"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address the ports must be free on (127.0.0.1)"
+    )
+    parser.set_defaults(handler=_free_port)
+
+
+def _free_port(args: argparse.Namespace) -> int:
+    try:
+        # All allocated before any is released, so the N ports are distinct.
+        chosen = [ports.allocate_free_port(args.host) for _ in range(args.count)]
+    except (OSError, RuntimeError, ValueError) as error:
+        _error("free-port", error)
+        return EXIT_REFUSED
+    try:
+        for port in chosen:
+            print(port)
+        sys.stdout.flush()
+    finally:
+        for port in chosen:
+            ports.release_port(port)
+    return EXIT_OK
+
+
+# -- kill-port --------------------------------------------------------------------------------
+
+
+def _add_kill_port(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "kill-port",
+        help="end this user's processes listening on a TCP port",
+        description=(
+            "End the processes listening on a TCP port: SIGTERM, then SIGKILL after the "
+            "timeout. Refuses, signalling nothing, if any listener belongs to another user "
+            "(also as root), is PID 1, this command or one of its ancestors, or does not "
+            "match --expect. Prints one line per process ended (or, with --dry-run, that "
+            "would be ended). Exit status 1 on refusal."
+        ),
+    )
+    parser.add_argument("port", type=_port, metavar="PORT", help="TCP port (1-65535)")
+    parser.add_argument(
+        "--expect",
+        type=_pattern,
+        metavar="PATTERN",
+        help="regular expression that each listener's command line must match "
+        "(re.search), e.g. SparkConnectServer",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds between SIGTERM and SIGKILL (default 5)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check and report, but signal nothing"
+    )
+    parser.set_defaults(handler=_kill_port)
+
+
+def _kill_port(args: argparse.Namespace) -> int:
+    port: int = args.port
+    try:
+        # Described before they are ended: afterwards their command lines are gone.
+        described = {info.pid: info.command for info in ports.listeners_on_port(port)}
+        pids = ports.kill_process_on_port(
+            port, expect=args.expect, timeout=args.timeout, dry_run=args.dry_run
+        )
+    except ports.KillRefusedError as error:
+        _error("kill-port", f"refused: {error}")
+        return EXIT_REFUSED
+    except (OSError, ValueError, psutil.Error) as error:
+        _error("kill-port", error)
+        return EXIT_REFUSED
+    if not pids:
+        print(f"nothing listens on port {port}", file=sys.stderr)
+        return EXIT_OK
+    verb = "would end" if args.dry_run else "ended"
+    for pid in pids:
+        print(f"{verb} PID {pid} on port {port}: {_shorten(described.get(pid, '?'))}")
+    return EXIT_OK
+
+
+def _shorten(command: str, limit: int = 160) -> str:
+    # A JVM's command line runs to kilobytes of classpath; its start and end identify it.
+    if len(command) <= limit:
+        return command
+    half = (limit - 5) // 2
+    return f"{command[:half]} ... {command[-half:]}"
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+
+def _add_doctor(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        help="tell whether this environment has the hang and whether the shim is active",
+        description=(
+            "Report the installed pyspark (version, distribution, Spark Connect client "
+            "layout), whether that client has the hang, whether the shim is active and "
+            "through which path (site-wide .pth, pytest plugin, import), and the settings in "
+            "force. pyspark is inspected in a fresh interpreter of this environment, as a "
+            "script that imports it would be. Exit status 1 when the hang is present and "
+            "nothing activates the shim (neither the .pth nor the pytest plugin)."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=_doctor_command)
+
+
+def _doctor_command(args: argparse.Namespace) -> int:
+    report = _doctor.diagnose()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_doctor.render(report))
+    return EXIT_OK if report["ok"] else EXIT_REFUSED
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def _conf(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"a Spark conf must be KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _add_serve(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run a local Spark Connect server until Ctrl-C or SIGTERM",
+        description=(
+            "Start a real Spark Connect server from the installed jars on a free loopback port "
+            "(the OS picks it), with its driver on 127.0.0.1 and no UI; print its sc:// URL on "
+            "stdout once it accepts connections; stop it (by its PID, with its process group) "
+            "on Ctrl-C, SIGTERM or SIGHUP. Exit status 1 when it cannot start or exits by "
+            "itself."
+        ),
+    )
+    parser.add_argument(
+        "--spark-home",
+        metavar="PATH",
+        help="Spark distribution or pyspark folder with the jars (default: "
+        "PYSPARK_SAFESTOP_SPARK_HOME, the installed pyspark, SPARK_HOME)",
+    )
+    parser.add_argument(
+        "--conf",
+        type=_conf,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Spark conf, repeatable (e.g. spark.connect.grpc.binding.port=15002)",
+    )
+    parser.add_argument(
+        "--start-timeout",
+        type=_seconds,
+        default=120.0,
+        metavar="S",
+        help="seconds the server may take to start (default 120)",
+    )
+    parser.add_argument(
+        "--log",
+        type=Path,
+        metavar="FILE",
+        help="write the server's log here (default: a temporary folder, removed at the end)",
+    )
+    parser.set_defaults(handler=_serve_command)
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    if not java_available():
+        _error("serve", "no Java runtime found (install Java 17 or set JAVA_HOME)")
+        return EXIT_REFUSED
+    home = find_spark_home(args.spark_home)
+    if home is None:
+        _error(
+            "serve",
+            "no Spark jars found: install pyspark (the full distribution), or pass --spark-home "
+            "or set PYSPARK_SAFESTOP_SPARK_HOME",
+        )
+        return EXIT_REFUSED
+    with contextlib.ExitStack() as stack:
+        log = args.log
+        if log is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="pyspark-safestop-"))
+            log = Path(folder) / "server.log"
+        server = SparkConnectServer(
+            home, log_path=log, start_timeout=args.start_timeout, extra_conf=dict(args.conf)
+        )
+
+        def ready(started: SparkConnectServer) -> None:
+            print(started.url, flush=True)
+            print(
+                f"{PROG} serve: Spark Connect server pid {started.pid} on {started.url} "
+                f"(log: {started.log_path}); Ctrl-C or SIGTERM stops it",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        try:
+            return _serve.serve(server, ready)
+        except RuntimeError as error:
+            _error("serve", error)
+            return EXIT_REFUSED
+
+
+# -- the command ------------------------------------------------------------------------------
+
+_SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
+    _add_free_port,
+    _add_kill_port,
+    _add_doctor,
+    _add_serve,
+)
+
+
+def _error(command: str, error: object) -> None:
+    print(f"{PROG} {command}: {error}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``pyspark-safestop`` command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Check and serve Spark Connect for tests: doctor (is the hang here, is the shim "
+            "active), serve (a local server), and the ports and processes of test servers."
+        ),
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug)"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        # argparse exits for --help (0) and for usage errors (2); report it as a status.
+        code = exit_.code
+        return code if isinstance(code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: a command is required", file=sys.stderr)
+        return EXIT_USAGE
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)

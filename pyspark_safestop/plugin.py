@@ -1,0 +1,366 @@
+"""The pytest plugin: the shim active from pytest's start, a report header, real-server fixtures.
+
+Installing the package registers this plugin (``pytest11`` entry point ``pyspark_safestop``);
+``-p no:pyspark_safestop`` turns it off. Loading it imports the package, which activates the
+shim (unless ``PYSPARK_SAFESTOP=0``), also where the site-wide ``.pth`` is skipped
+(``python -S``, ``PYTHONPATH`` set-ups).
+
+Fixtures:
+
+``spark_connect_server``
+    Session-scoped: a real Spark Connect server started from the installed jars, on a port the
+    OS picks, bound to 127.0.0.1 with its driver, no UI. One per pytest-xdist worker; its log is
+    in pytest's temporary directory, and its tail is attached to the report of a failing test
+    that used it. Stopped by its PID at teardown.
+``spark_connect_url``
+    Session-scoped: ``sc://HOST:PORT`` of that server, or the ``--safestop-remote`` URL (then no
+    server is started).
+``spark`` / ``spark_per_class``
+    A Spark Connect session on that URL for one test / one test class, stopped safely at
+    teardown: through the shim, or, with the shim off, by :func:`stop_safely`.
+
+For another scope, write a fixture around :func:`connect_session`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from . import __version__, install, is_installed, release_session_without_shutdown, status
+from ._server import SparkConnectServer, find_spark_home, java_available
+from ._settings import enabled_from_env, validate_timeout
+
+__all__ = [
+    "ENV_REQUIRE_SERVER",
+    "PluginSettings",
+    "connect_session",
+    "spark",
+    "spark_connect_server",
+    "spark_connect_url",
+    "spark_per_class",
+    "stop_safely",
+]
+
+#: ``1`` makes a missing Java, missing jars or ``--safestop-remote`` fail the tests that need a
+#: local server instead of skipping them (as ``--safestop-require-server`` does).
+ENV_REQUIRE_SERVER = "PYSPARK_SAFESTOP_REQUIRE_SERVER"
+
+DEFAULT_START_TIMEOUT = 120.0
+#: Log lines attached to a failing test's report.
+LOG_TAIL_LINES = 60
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """The plugin's settings, from the command line, else the ini file, else the default."""
+
+    remote: str | None = None
+    release_timeout: float | None = None
+    start_timeout: float = DEFAULT_START_TIMEOUT
+    server_conf: dict[str, str] = field(default_factory=dict)
+    spark_home: str | None = None
+    require_server: bool = False
+
+
+_SETTINGS = pytest.StashKey[PluginSettings]()
+_SERVER = pytest.StashKey[SparkConnectServer]()
+
+
+# -- options ------------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ``--safestop-*`` options and the ``safestop_*`` ini keys."""
+    group = parser.getgroup("pyspark-safestop", "Spark Connect sessions that stop safely")
+
+    def option(name: str, help_text: str, **kwargs: Any) -> None:
+        dest = f"safestop_{name.replace('-', '_')}"
+        group.addoption(f"--safestop-{name}", dest=dest, help=help_text, **kwargs)
+
+    option(
+        "remote",
+        "use this Spark Connect server or cluster (sc://HOST:PORT) and start none "
+        "(ini: safestop_remote)",
+        metavar="URL",
+    )
+    option(
+        "release-timeout",
+        "seconds allowed for the server-side release in stop() "
+        "(ini: safestop_release_timeout; default: PYSPARK_SAFESTOP_RELEASE_TIMEOUT, else 5)",
+        metavar="SECONDS",
+    )
+    option(
+        "server-start-timeout",
+        "seconds the local server may take to start "
+        f"(ini: safestop_server_start_timeout; default {DEFAULT_START_TIMEOUT:g})",
+        metavar="SECONDS",
+    )
+    option(
+        "server-conf",
+        "extra Spark conf for the local server, repeatable (ini: safestop_server_conf, one "
+        "KEY=VALUE per line)",
+        metavar="KEY=VALUE",
+        action="append",
+    )
+    option(
+        "spark-home",
+        "Spark distribution (or pyspark folder) with the server jars (ini: safestop_spark_home; "
+        "default: PYSPARK_SAFESTOP_SPARK_HOME, the installed pyspark, SPARK_HOME)",
+        metavar="PATH",
+    )
+    option(
+        "require-server",
+        "fail, instead of skipping, tests that need a local server when none can be started "
+        f"(ini: safestop_require_server; also {ENV_REQUIRE_SERVER}=1)",
+        action="store_true",
+        default=None,
+    )
+    parser.addini("safestop_remote", "Spark Connect URL to use instead of a local server")
+    parser.addini("safestop_release_timeout", "seconds allowed for the release in stop()")
+    parser.addini("safestop_server_start_timeout", "seconds the local server may take to start")
+    parser.addini("safestop_server_conf", "extra Spark confs, KEY=VALUE per line", type="linelist")
+    parser.addini("safestop_spark_home", "Spark distribution with the server jars")
+    parser.addini("safestop_require_server", "fail instead of skip without a server", type="bool")
+
+
+def _raw(config: pytest.Config, name: str) -> Any:
+    value = config.getoption(f"safestop_{name}", None)
+    if value is None or value == []:
+        value = config.getini(f"safestop_{name}")
+    return value if value not in ("", [], None) else None
+
+
+def _seconds(text: object, name: str) -> float:
+    try:
+        return validate_timeout(float(str(text)), name)
+    except ValueError:
+        raise pytest.UsageError(
+            f"{name} must be a positive number of seconds, got {text!r}"
+        ) from None
+
+
+def read_settings(config: pytest.Config) -> PluginSettings:
+    """Validate the plugin's options and ini keys; raise ``pytest.UsageError`` on a bad one."""
+    remote = _raw(config, "remote")
+    if remote is not None:
+        remote = str(remote).strip()
+        host = remote[len("sc://") :].split("/", 1)[0].split(":", 1)[0]
+        if not remote.startswith("sc://") or not host:
+            raise pytest.UsageError(
+                f"--safestop-remote / safestop_remote must be sc://HOST:PORT, got {remote!r}"
+            )
+    timeout = _raw(config, "release_timeout")
+    start = _raw(config, "server_start_timeout")
+    conf: dict[str, str] = {}
+    lines = list(config.getini("safestop_server_conf") or [])
+    lines += config.getoption("safestop_server_conf", None) or []
+    for line in lines:
+        key, sep, value = str(line).partition("=")
+        if not sep or not key.strip():
+            raise pytest.UsageError(f"a server conf must be KEY=VALUE, got {line!r}")
+        conf[key.strip()] = value.strip()
+    require = config.getoption("safestop_require_server", None)
+    if require is None:
+        require = bool(config.getini("safestop_require_server"))
+    require = require or os.environ.get(ENV_REQUIRE_SERVER) == "1"
+    home = _raw(config, "spark_home")
+    if timeout is not None:
+        timeout = _seconds(timeout, "--safestop-release-timeout")
+    start = (
+        DEFAULT_START_TIMEOUT
+        if start is None
+        else _seconds(start, "--safestop-server-start-timeout")
+    )
+    return PluginSettings(
+        remote=remote,
+        release_timeout=timeout,
+        start_timeout=start,
+        server_conf=conf,
+        spark_home=None if home is None else str(home),
+        require_server=bool(require),
+    )
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Validate the settings; apply the release timeout to the shim."""
+    settings = read_settings(config)
+    config.stash[_SETTINGS] = settings
+    if settings.release_timeout is not None and enabled_from_env() and is_installed():
+        install(release_timeout=settings.release_timeout)
+    if _is_xdist_worker(config) and "SPARK_HOME" not in os.environ:
+        # pyspark 4.2+ takes a `python -c` main, which an xdist worker is, for a doctest run:
+        # importing its Connect client then exits unless a Spark home is found, which the thin
+        # pyspark-client distribution lacks. The server's own Spark home satisfies it.
+        home = find_spark_home(settings.spark_home)
+        if home is not None:
+            os.environ["SPARK_HOME"] = str(home)
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def describe_shim() -> str:
+    """One line: whether the shim is active, on which pyspark version and client layout.
+
+    Imports pyspark's Spark Connect client (when it is installed) to tell its layout.
+    """
+    # SystemExit too: pyspark's dependency check exits in some set-ups; a header must not.
+    with contextlib.suppress(Exception, SystemExit):
+        import pyspark.sql.connect.session  # noqa: F401
+    info = status()
+    if info["installed"]:
+        state = f"active (activated by {info['activated_by']})"
+    elif not info["enabled"]:
+        state = "OFF (PYSPARK_SAFESTOP=0)"
+    else:
+        state = "not active (uninstalled)"
+    version = info["pyspark_version"]
+    if version is None:
+        where = "pyspark not installed"
+    elif info["layout"] is not None:
+        where = f"pyspark {version}, layout {info['layout']}"
+    elif info["layout_problem"] == "unknown":
+        where = f"pyspark {version}, Spark Connect client not recognised (left untouched)"
+    else:
+        where = f"pyspark {version}, Spark Connect client not importable"
+    timeout = info["settings"]["release_timeout"]
+    return f"pyspark-safestop {__version__}: {state}; {where}; release timeout {timeout:g} s"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The shim's state, and the server the fixtures use (not in xdist workers: unseen)."""
+    if _is_xdist_worker(config):
+        return []
+    lines = [describe_shim()]
+    settings = config.stash.get(_SETTINGS, None)
+    if settings is not None and settings.remote:
+        lines.append(f"pyspark-safestop: fixtures use {settings.remote} (no local server)")
+    return lines
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """Attach the tail of the server's log to the report of a failing test that used it."""
+    outcome = yield
+    report = outcome.get_result()
+    server = item.config.stash.get(_SERVER, None)
+    used = "spark_connect_server" in getattr(item, "fixturenames", ())
+    if report.failed and server is not None and used:
+        title = f"Spark Connect server log (tail of {server.log_path})"
+        report.sections.append((title, server.log_tail(LOG_TAIL_LINES)))
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+def stop_safely(session: Any) -> None:
+    """Stop a Spark Connect session without risking the hang.
+
+    With the shim active this is ``session.stop()``; with it off, the session is released with
+    a deadline and its channel closed (:func:`pyspark_safestop.release_session_without_shutdown`),
+    leaving the shared release pool alone.
+    """
+    if is_installed():
+        session.stop()
+    else:
+        release_session_without_shutdown(session)
+
+
+@contextlib.contextmanager
+def connect_session(url: str) -> Iterator[Any]:
+    """A new Spark Connect session on ``url``, stopped safely on leaving the block.
+
+    For a fixture of another scope::
+
+        @pytest.fixture(scope="module")
+        def spark_module(spark_connect_url):
+            with connect_session(spark_connect_url) as session:
+                yield session
+    """
+    from pyspark.sql.connect.session import SparkSession
+
+    session = SparkSession.builder.remote(url).create()
+    try:
+        yield session
+    finally:
+        stop_safely(session)
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+
+def _unavailable(settings: PluginSettings, reason: str) -> NoReturn:
+    if settings.require_server:
+        pytest.fail(f"a local Spark Connect server is required here, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def spark_connect_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SparkConnectServer]:
+    """A real Spark Connect server on 127.0.0.1, for this test session (or xdist worker)."""
+    config = request.config
+    settings = config.stash[_SETTINGS]
+    if settings.remote:
+        _unavailable(settings, f"the fixtures use {settings.remote}: no local server is started")
+    if not java_available():
+        _unavailable(settings, "no Java runtime found (install Java 17 or set JAVA_HOME)")
+    home = find_spark_home(settings.spark_home)
+    if home is None:
+        _unavailable(
+            settings,
+            "no Spark jars found: install pyspark (the full distribution) or point "
+            "--safestop-spark-home / PYSPARK_SAFESTOP_SPARK_HOME at a Spark distribution",
+        )
+    log_path: Path = tmp_path_factory.mktemp("spark-connect-server") / "server.log"
+    server = SparkConnectServer(
+        home,
+        log_path=log_path,
+        start_timeout=settings.start_timeout,
+        extra_conf=settings.server_conf,
+    )
+    config.stash[_SERVER] = server
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        del config.stash[_SERVER]
+
+
+@pytest.fixture(scope="session")
+def spark_connect_url(request: pytest.FixtureRequest) -> str:
+    """``sc://HOST:PORT`` of the server the fixtures use."""
+    settings = request.config.stash[_SETTINGS]
+    if settings.remote:
+        return settings.remote
+    server: SparkConnectServer = request.getfixturevalue("spark_connect_server")
+    return server.url
+
+
+@pytest.fixture
+def spark(spark_connect_url: str) -> Iterator[Any]:
+    """A Spark Connect session for one test, stopped safely at teardown."""
+    with connect_session(spark_connect_url) as session:
+        yield session
+
+
+@pytest.fixture(scope="class")
+def spark_per_class(spark_connect_url: str) -> Iterator[Any]:
+    """A Spark Connect session shared by the tests of one class, stopped safely at teardown."""
+    with connect_session(spark_connect_url) as session:
+        yield session

@@ -1,0 +1,96 @@
+"""``pyspark-safestop serve``: a real server, its URL, and no JVM left after Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.activation.conftest import Env
+
+pytestmark = pytest.mark.server
+
+START_TIMEOUT = 240.0
+
+
+def start(env: Env) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(env.bin / "pyspark-safestop"), "serve"],
+        env=env.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def server_processes(proc: subprocess.Popen[str], recursive: bool = True) -> list[psutil.Process]:
+    """The server's processes: spark-submit (which becomes the JVM) and what it runs."""
+    try:
+        return psutil.Process(proc.pid).children(recursive=recursive)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def is_jvm(process: psutil.Process) -> bool:
+    try:
+        return process.name() == "java"
+    except psutil.Error:
+        return False
+
+
+def test_ctrl_c_stops_the_server(wheel_env: Env, tmp_path: Path) -> None:
+    proc = start(wheel_env)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()  # printed once the server accepts connections
+        assert re.fullmatch(r"sc://127\.0\.0\.1:\d+", url), url
+        children = server_processes(proc)
+        assert any(is_jvm(p) for p in children), children
+        result = wheel_env.script(
+            f"""
+            import json
+            from pyspark.sql.connect.session import SparkSession
+            session = SparkSession.builder.remote({url!r}).create()
+            print(json.dumps({{"rows": session.range(4).count()}}))
+            session.stop()
+            """,
+            tmp_path,
+        )
+        assert result == {"rows": 4}
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        _, err = proc.communicate()
+        assert f"on {url}" in err
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, alive
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sigterm_while_starting_leaves_no_jvm(wheel_env: Env) -> None:
+    proc = start(wheel_env)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        direct: list[psutil.Process] = []
+        # spark-submit execs the JVM in place: once the direct child is java, it is starting.
+        while not (direct and is_jvm(direct[0])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            direct = server_processes(proc, recursive=False)
+        children = server_processes(proc)
+        assert children, "the server process never appeared"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        out, _ = proc.communicate()
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, alive
+        assert out == "" or out.startswith("sc://")
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)

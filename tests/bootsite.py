@@ -1,0 +1,82 @@
+"""A folder holding the wheel's start-up files, processed by a fresh ``python -S`` interpreter
+the way ``site`` processes site-packages (``site.addsitedir``): shared by tests/test_boot.py and
+tests/activation/test_boot_paths.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BOOT_DIR = REPO_ROOT / "boot"
+FILES = ("_pyspark_safestop_boot.py", "pyspark_safestop.pth", "pyspark_safestop.start")
+
+#: Modules a ``.pth`` may leave behind at start-up besides its own: none heavy.
+HEAVY = ("wrapt", "pyspark", "pyspark_safestop", "importlib.metadata", "typing", "threading")
+
+PRELUDE = """
+import json, sys
+BEFORE = set(sys.modules)
+import site
+SITE = sys.argv[1]
+PURELIB = sys.argv[2]
+
+def process_site():
+    site.addsitedir(SITE)
+
+def boot_state():
+    boot = sys.modules.get("_pyspark_safestop_boot")
+    return None if boot is None else boot.state
+
+def finders():
+    boot = sys.modules.get("_pyspark_safestop_boot")
+    return sum(f is boot for f in sys.meta_path) if boot is not None else 0
+
+def with_pyspark():
+    # site-packages of the test environment, without processing its .pth files
+    sys.path.append(PURELIB)
+
+def report(**extra):
+    print(json.dumps(extra, default=str))
+"""
+
+
+def make_site_dir(tmp_path: Path) -> Path:
+    """A folder holding a copy of the wheel's start-up files."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    for name in FILES:
+        shutil.copy2(BOOT_DIR / name, folder / name)
+    return folder
+
+
+def run(site: Path, body: str, *, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run PRELUDE + body with ``python -S``; return the last JSON line and stderr."""
+    script = site.parent / "case.py"
+    # A file, not `python -c`: pyspark-client 4.2's dependency check exits under -c.
+    script.write_text(PRELUDE + textwrap.dedent(body))
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
+    child_env["PYTHONPATH"] = str(REPO_ROOT)
+    child_env.update(env or {})
+    purelib = sysconfig.get_paths()["purelib"]
+    proc = subprocess.run(
+        [sys.executable, "-S", str(script), str(site), purelib],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, proc.stdout + proc.stderr
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["stderr"] = proc.stderr
+    return result

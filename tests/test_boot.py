@@ -1,0 +1,156 @@
+"""The site-wide start-up files: what the ``.pth`` line costs, arms and activates.
+
+Each case runs in a fresh interpreter started with ``-S`` (no site-packages, no ``.pth`` of the
+environment), which then processes a folder holding the wheel's three start-up files the way
+``site`` processes site-packages (``site.addsitedir``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from pyspark_safestop import _layouts, _settings
+from tests.bootsite import BOOT_DIR, FILES, HEAVY, run
+
+
+def _load_boot() -> ModuleType:
+    # From the checkout, under another name: an installed copy may be loaded in this process.
+    spec = importlib.util.spec_from_file_location("boot_under_test", BOOT_DIR / FILES[0])
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+boot = _load_boot()
+
+# -- in step with the package -------------------------------------------------------------------
+
+
+def test_watches_the_modules_the_package_patches() -> None:
+    assert frozenset(_layouts.WATCHED_MODULES) == boot.WATCHED_MODULES
+
+
+@pytest.mark.parametrize(
+    "value", [None, "", "0", "1", "false", "False", " off ", "no", "disable", "yes", "maybe"]
+)
+def test_switch_reads_like_the_package(value: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if value is None:
+        monkeypatch.delenv(boot.ENV_ENABLED, raising=False)
+    else:
+        monkeypatch.setenv(boot.ENV_ENABLED, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", _settings.SafestopWarning)  # "maybe" warns, once
+        expected = _settings.enabled_from_env()
+    assert boot.enabled() is expected
+
+
+def test_start_file_names_the_boot_function() -> None:
+    entries = [
+        line.strip()
+        for line in (BOOT_DIR / "pyspark_safestop.start").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert entries == ["_pyspark_safestop_boot:boot"]
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        _ = boot.no_such_thing  # type: ignore[attr-defined]
+
+
+# -- start-up -----------------------------------------------------------------------------------
+
+
+def test_pth_arms_the_hook_and_imports_nothing_heavy(site_dir: Path) -> None:
+    result = run(
+        site_dir,
+        """
+        process_site()
+        report(state=boot_state(), finders=finders(), new=sorted(set(sys.modules) - BEFORE))
+        """,
+    )
+    assert result["state"] == "armed"
+    assert result["finders"] == 1
+    assert "_pyspark_safestop_boot" in result["new"]
+    assert not [m for m in result["new"] if m.startswith(HEAVY)], result["new"]
+    assert result["stderr"] == ""
+
+
+def test_pth_processed_twice_arms_once(site_dir: Path) -> None:
+    result = run(
+        site_dir,
+        """
+        process_site(); process_site()
+        import _pyspark_safestop_boot as b; b.boot()  # what a .start entry point would add
+        report(state=boot_state(), finders=finders())
+        """,
+    )
+    assert (result["state"], result["finders"]) == ("armed", 1)
+
+
+@pytest.mark.parametrize("value", ["0", "off", "False"])
+def test_switch_off_leaves_no_hook(site_dir: Path, value: str) -> None:
+    result = run(
+        site_dir,
+        "process_site()\nreport(state=boot_state(), finders=finders())\n",
+        env={"PYSPARK_SAFESTOP": value},
+    )
+    assert (result["state"], result["finders"]) == ("disabled", 0)
+
+
+def test_missing_boot_module_does_not_stop_start_up(site_dir: Path) -> None:
+    # A broken install: site reports the failed line (its own message) and carries on.
+    (site_dir / "_pyspark_safestop_boot.py").unlink()
+    result = run(site_dir, "process_site()\nreport(state=boot_state())\n")
+    assert result["state"] is None
+    assert "_pyspark_safestop_boot" in result["stderr"]
+
+
+def test_error_in_boot_is_one_line_once(site_dir: Path) -> None:
+    result = run(
+        site_dir,
+        """
+        sys.meta_path = tuple(sys.meta_path)  # an interpreter set up oddly: insert() fails
+        process_site()
+        import _pyspark_safestop_boot as b; b.boot(); b._report(RuntimeError("again"))
+        sys.meta_path = list(sys.meta_path)
+        report(state=boot_state())
+        """,
+    )
+    assert result["state"] == "failed"
+    lines = result["stderr"].splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("pyspark-safestop: not activated (AttributeError: ")
+
+
+# -- activation ---------------------------------------------------------------------------------
+
+
+def test_importing_pyspark_activates_the_shim_through_the_pth(
+    site_dir: Path, client_layout: str
+) -> None:
+    result = run(
+        site_dir,
+        """
+        process_site(); with_pyspark()
+        before = "pyspark_safestop" in sys.modules
+        from pyspark.sql.connect.session import SparkSession
+        import pyspark_safestop
+        status = pyspark_safestop.status()
+        report(before=before, state=boot_state(), activated_by=status["activated_by"],
+               layout=status["layout"], patches=status["patches"])
+        """,
+    )
+    assert result["before"] is False
+    assert result["state"] == "fired"
+    assert result["activated_by"] == "pth"
+    assert result["layout"] == client_layout
+    expected = {str(target) for target in _layouts.LAYOUTS[0].targets}
+    assert expected <= set(result["patches"])  # SparkSession.__init__/stop, client close

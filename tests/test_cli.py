@@ -1,0 +1,166 @@
+"""The ``pyspark-safestop`` command, run as ``python -m pyspark_safestop`` in a subprocess."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyspark_safestop.ports import ephemeral_port_range
+from tests.ports_helpers import (
+    EXIT_TIMEOUT,
+    REPO_ROOT,
+    Processes,
+    child_env,
+    private_leases,
+    processes,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _private_leases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with private_leases(tmp_path_factory) as path:
+        yield path
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    with processes() as tracked:
+        yield tracked
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyspark_safestop", *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=REPO_ROOT,
+        timeout=EXIT_TIMEOUT,
+        check=False,
+    )
+
+
+def test_no_command_is_a_usage_error() -> None:
+    result = run_cli()
+    assert result.returncode == 2
+    assert "usage: pyspark-safestop" in result.stderr
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = run_cli("bogus")
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+    assert "bogus" in result.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "free-port" in result.stdout
+    assert "kill-port" in result.stdout
+
+
+def test_free_port_prints_one_port_outside_the_ephemeral_range() -> None:
+    result = run_cli("free-port")
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    low, high = ephemeral_port_range()
+    assert not low <= int(line) <= high
+
+
+def test_free_port_count_prints_distinct_ports() -> None:
+    result = run_cli("free-port", "--count", "5")
+    assert result.returncode == 0, result.stderr
+    found = [int(line) for line in result.stdout.splitlines()]
+    assert len(found) == 5
+    assert len(set(found)) == 5
+
+
+def test_free_port_help_says_the_lease_ends_with_the_command() -> None:
+    result = run_cli("free-port", "--help")
+    assert result.returncode == 0
+    assert "leased only while this command runs" in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "1001", "2.5"])
+def test_free_port_bad_count_is_a_usage_error(bad: str) -> None:
+    result = run_cli("free-port", "--count", bad)
+    assert result.returncode == 2
+    assert repr(bad) in result.stderr
+
+
+@pytest.mark.parametrize("bad", ["0", "65536", "-1", "abc", "80.5", ""])
+def test_kill_port_bad_port_is_a_usage_error(bad: str) -> None:
+    result = run_cli("kill-port", "--", bad)
+    assert result.returncode == 2
+    assert repr(bad) in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--timeout", "-1"), ("--timeout", "nan"), ("--expect", "(")]
+)
+def test_kill_port_bad_options_are_usage_errors(option: str, value: str) -> None:
+    result = run_cli("kill-port", "15002", option, value)
+    assert result.returncode == 2
+    assert repr(value) in result.stderr
+
+
+def test_kill_port_with_no_listener_succeeds_quietly() -> None:
+    port = int(run_cli("free-port").stdout)
+    result = run_cli("kill-port", str(port), "--expect", "no process has this 7f3c9e")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert f"nothing listens on port {port}" in result.stderr
+
+
+def test_kill_port_ends_our_listener(procs: Processes) -> None:
+    listener = procs.listener()
+    result = run_cli("kill-port", str(listener.port), "--expect", r"listener\.py")
+    assert result.returncode == 0, result.stderr
+    assert f"ended PID {listener.pid} on port {listener.port}: " in result.stdout
+    assert "listener.py" in result.stdout
+    assert listener.wait() == -signal.SIGTERM
+
+
+def test_kill_port_dry_run_signals_nothing(procs: Processes) -> None:
+    listener = procs.listener()
+    result = run_cli("kill-port", str(listener.port), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"would end PID {listener.pid}" in result.stdout
+    assert listener.alive()
+
+
+def test_kill_port_expect_mismatch_is_refused(procs: Processes) -> None:
+    listener = procs.listener()
+    result = run_cli("kill-port", str(listener.port), "--expect", "SparkConnectServer")
+    assert result.returncode == 1
+    assert "refused" in result.stderr
+    assert str(listener.pid) in result.stderr
+    assert result.stdout == ""
+    assert listener.alive()
+
+
+def test_kill_port_sigkills_after_the_timeout(procs: Processes) -> None:
+    listener = procs.listener("--ignore-term")
+    result = run_cli(
+        "kill-port", str(listener.port), "--timeout", "0.5", "--expect", r"listener\.py"
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"ended PID {listener.pid}" in result.stdout
+    assert "SIGKILL" in result.stderr  # the warning reaches the user
+    assert listener.wait() == -signal.SIGKILL
+
+
+def test_kill_port_refuses_another_users_listener(procs: Processes) -> None:
+    foreign = procs.listener(as_other_user=True)
+    result = run_cli("kill-port", str(foreign.port), "--timeout", "0")
+    assert result.returncode == 1
+    assert "refused" in result.stderr
+    assert "nobody" in result.stderr
+    assert str(foreign.pid) in result.stderr
+    assert foreign.alive()

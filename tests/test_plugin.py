@@ -1,0 +1,125 @@
+"""The pytest plugin in this test session, and in inner pytest runs (pytester) against the same
+real server: fixtures, options and ini keys, the report header.
+
+One server per xdist worker, several suites at once, ``-p no:pyspark_safestop`` and the plugin
+without the ``.pth`` are covered in ``tests/activation``, in fresh environments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import pyspark_safestop
+from pyspark_safestop import _layouts
+from pyspark_safestop._server import SparkConnectServer
+from pyspark_safestop.plugin import ENV_REQUIRE_SERVER, connect_session
+
+pytestmark = pytest.mark.server
+
+_seen: dict[str, Any] = {}
+
+
+def test_spark_runs_queries_on_the_session_server(
+    spark: Any, spark_connect_url: str, spark_connect_server: SparkConnectServer
+) -> None:
+    assert spark_connect_url == spark_connect_server.url
+    assert spark_connect_url.startswith("sc://127.0.0.1:")
+    assert spark.range(7).count() == 7
+
+
+def test_connect_session_stops_the_session_on_leaving(spark_connect_url: str) -> None:
+    with connect_session(spark_connect_url) as session:
+        assert session.range(2).count() == 2
+    assert _layouts.is_closed(session.client)
+
+
+class TestPerClass:
+    def test_first(self, spark_per_class: Any) -> None:
+        assert spark_per_class.range(3).count() == 3
+        _seen["class"] = spark_per_class
+
+    def test_second_shares_it(self, spark_per_class: Any) -> None:
+        assert spark_per_class is _seen["class"]
+        assert spark_per_class.range(4).count() == 4
+
+
+def test_per_class_session_was_stopped() -> None:
+    session = _seen.pop("class", None)
+    assert session is not None, "TestPerClass did not get its session: see its failure above"
+    assert _layouts.is_closed(session.client)
+
+
+# -- inner runs ---------------------------------------------------------------------------------
+
+USES_REMOTE = """
+def test_remote(spark, spark_connect_url):
+    assert spark_connect_url == {url!r}
+    assert spark.range(5).count() == 5
+
+def test_local_server(spark_connect_server):
+    pass
+"""
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.Pytester]:
+    """An inner pytest run with the plugin; the release timeout restored afterwards."""
+    monkeypatch.delenv(ENV_REQUIRE_SERVER, raising=False)
+    timeout = pyspark_safestop.status()["settings"]["release_timeout"]
+    yield pytester
+    if pyspark_safestop.is_installed():
+        pyspark_safestop.install(release_timeout=timeout)
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider", *args)
+
+
+def test_header_names_the_shim_line_and_layout(inner: pytest.Pytester, client_layout: str) -> None:
+    inner.makepyfile("def test_nothing(): pass")
+    result = run(inner, "--safestop-release-timeout", "2.5")
+    header = f"pyspark-safestop *: active (activated by *); pyspark *, layout {client_layout};"
+    result.stdout.fnmatch_lines([f"{header} release timeout 2.5 s"])
+    assert result.ret == pytest.ExitCode.OK
+
+
+def test_remote_option_uses_the_url_and_starts_no_server(
+    inner: pytest.Pytester, spark_connect_url: str
+) -> None:
+    inner.makepyfile(USES_REMOTE.format(url=spark_connect_url))
+    result = run(inner, "--safestop-remote", spark_connect_url, "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines([f"*fixtures use {spark_connect_url}*"])
+
+
+def test_remote_ini_key_and_require_server(inner: pytest.Pytester, spark_connect_url: str) -> None:
+    inner.makeini(f"[pytest]\nsafestop_remote = {spark_connect_url}\n")
+    inner.makepyfile(USES_REMOTE.format(url=spark_connect_url))
+    result = run(inner, "--safestop-require-server")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*a local Spark Connect server is required here, but*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--safestop-remote", "localhost:15002"],
+            "*must be sc://HOST:PORT, got 'localhost:15002'*",
+        ),
+        (["--safestop-remote", "sc://"], "*must be sc://HOST:PORT, got 'sc://'*"),
+        (["--safestop-release-timeout", "-1"], "*--safestop-release-timeout must be a positive*"),
+        (["--safestop-server-start-timeout", "x"], "*--safestop-server-start-timeout must be*"),
+        (["--safestop-server-conf", "spark.ui.enabled"], "*KEY=VALUE, got 'spark.ui.enabled'*"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    inner: pytest.Pytester, args: list[str], message: str
+) -> None:
+    inner.makepyfile("def test_nothing(): pass")
+    result = run(inner, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
