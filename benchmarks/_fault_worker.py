@@ -9,7 +9,6 @@ makes that a no-op: upstream's behaviour); progress is one JSON object per line;
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -21,56 +20,19 @@ from typing import Any
 import pyspark_safestop  # activation, as at the top of a conftest; PYSPARK_SAFESTOP=0 disables
 
 # isort: split
-from pyspark.sql.connect.session import SparkSession
 
-URL = sys.argv[2] if len(sys.argv) > 2 else ""
-T0 = time.monotonic()
+# The regression scenarios' protocol and helpers (the repository root is on PYTHONPATH).
+from tests.scenarios.run_scenario import (
+    checkpoint,
+    event,
+    new_session,
+    next_session_works,
+    query,
+    timed_stop,
+)
+
 #: How long a forked child or a result-iterating thread may take before it is called hung.
 CHILD_CAP = 30.0
-
-
-def event(kind: str, **data: Any) -> None:
-    """Print one progress event (flushed: the harness reads them as they come)."""
-    print(
-        json.dumps(
-            {"event": kind, "t": round(time.monotonic() - T0, 3), "pid": os.getpid(), **data}
-        ),
-        flush=True,
-    )
-
-
-def checkpoint(name: str) -> None:
-    """Let the harness act, and wait for its go."""
-    event("checkpoint", name=name)
-    sys.stdin.readline()
-
-
-def new_session() -> SparkSession:
-    """A new session (never the default one: ``create()``, as the regression scenarios do)."""
-    return SparkSession.builder.remote(URL).create()
-
-
-def query(session: SparkSession, n: int = 10) -> None:
-    """A query whose result stream is reattachable, so ReleaseExecute RPCs go to the pool."""
-    rows = session.range(n).collect()
-    assert len(rows) == n, rows
-
-
-def timed_stop(session: SparkSession, label: str) -> float:
-    """``stop()``, timed; the duration is printed as a ``stopped`` event."""
-    started = time.monotonic()
-    session.stop()
-    seconds = time.monotonic() - started
-    event("stopped", label=label, seconds=round(seconds, 4))
-    return seconds
-
-
-def next_session_works() -> None:
-    """The next session's first query runs, and it stops."""
-    session = new_session()
-    query(session, 5)
-    event("next_session_ok")
-    timed_stop(session, "next")
 
 
 def blackhole() -> None:

@@ -2,10 +2,11 @@
 
     python benchmarks/stop_latency.py [--line 4.1=/path/to/venv/bin/python ...] [--quick]
 
-Without ``--line``, the client lines' interpreters are taken from the ``nox -s bench`` (or
-``nox -s tests``) virtual environments. A real Spark Connect server is started from the
-pyspark 4.3 jars (``PYSPARK_SAFESTOP_SPARK_HOME`` or the installed pyspark), and each
-measurement goes through a fault-injecting proxy in front of it. Conditions:
+Without ``--line``, the client lines' interpreters are taken from the nox virtual
+environments (``.nox/lines/<line>``, made by ``nox -s bench``, then the ``tests`` sessions').
+A real Spark Connect server is started from the pyspark 4.3 jars
+(``PYSPARK_SAFESTOP_SPARK_HOME`` or the installed pyspark), and each measurement goes
+through a fault-injecting proxy in front of it. Conditions:
 
 - healthy: no fault;
 - ReleaseExecute hung: every ReleaseExecute hangs until cancelled;
@@ -32,6 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _common import add_line_arguments, resolve_lines  # noqa: E402
 
 from pyspark_safestop._server import SparkConnectServer, find_spark_home  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
@@ -125,35 +128,13 @@ def ratio(upstream: Measure, shim: Measure) -> str:
     return (">" + text) if upstream.hung else text
 
 
-def discover_lines() -> dict[str, str]:
-    found: dict[str, str] = {}
-    for python in sorted(REPO.glob(".nox/*/bin/python")):
-        if "_spark-server" in str(python) or "lint" in str(python):
-            continue
-        probe = subprocess.run(
-            [str(python), "-c", "import pyspark.version as v; print(v.__version__)"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        version = probe.stdout.strip()
-        if probe.returncode == 0 and version:
-            line = ".".join(version.split(".")[:2])
-            # Prefer the bench venvs, which hold exactly the line's client.
-            if line not in found or "bench" in str(python):
-                found[line] = str(python)
-    return dict(sorted(found.items()))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--line", action="append", default=[], metavar="LINE=PYTHON")
+    add_line_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks/results/stop_latency.json")
     args = parser.parse_args()
-    lines = dict(item.split("=", 1) for item in args.line) if args.line else discover_lines()
-    if not lines:
-        parser.error("no client line found: pass --line 4.1=/path/to/python, or run nox first")
+    lines = resolve_lines(parser, args.line)
     home = find_spark_home()
     if home is None:
         parser.error("no Spark jars: set PYSPARK_SAFESTOP_SPARK_HOME to a pyspark 4.3 folder")

@@ -24,12 +24,18 @@ import pyspark_safestop  # activation, as at the top of a conftest; PYSPARK_SAFE
 # isort: split
 from pyspark.sql.connect.session import SparkSession
 
-URL = sys.argv[2]
+URL = sys.argv[2] if len(sys.argv) > 2 else ""
 T0 = time.monotonic()
 
 
 def event(kind: str, **data: Any) -> None:
-    print(json.dumps({"event": kind, "t": round(time.monotonic() - T0, 3), **data}), flush=True)
+    """Print one progress event (flushed: the harness reads them as they come)."""
+    print(
+        json.dumps(
+            {"event": kind, "t": round(time.monotonic() - T0, 3), "pid": os.getpid(), **data}
+        ),
+        flush=True,
+    )
 
 
 def checkpoint(name: str) -> None:
@@ -47,10 +53,13 @@ def query(session: SparkSession, n: int = 10) -> None:
     assert len(rows) == n, rows
 
 
-def timed_stop(session: SparkSession, label: str) -> None:
+def timed_stop(session: SparkSession, label: str) -> float:
+    """``stop()``, timed; the duration is printed as a ``stopped`` event."""
     started = time.monotonic()
     session.stop()
-    event("stopped", label=label, seconds=round(time.monotonic() - started, 3))
+    seconds = time.monotonic() - started
+    event("stopped", label=label, seconds=round(seconds, 4))
+    return seconds
 
 
 def next_session_works() -> None:
