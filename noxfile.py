@@ -182,7 +182,7 @@ def evidence(session: nox.Session) -> None:
             "benchmarks/suite_shaped.py", "--seed-size", "--fractions=0.01",
             "--parallel-fraction=-1", "--timeout=900",
             f"--line=4.1={pythons['4.1']}", f"--line=4.3={pythons['4.3']}",
-            "--json=benchmarks/results/suite_seed_size.json",
+            "--json=benchmarks/results/suite_shaped_seed_size.json",
         ],
     }  # fmt: skip
     for name in EVIDENCE:
