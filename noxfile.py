@@ -190,10 +190,14 @@ def evidence(session: nox.Session) -> None:
             session.run("python", *commands[name], env=env)
 
 
+LINT_TOOLS = ("ruff==0.17.6", "mypy==2.4.1", "types-psutil==7.2.2.20261111", "grpc-stubs==1.53.0.6")
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint and format) on everything, mypy --strict on the package."""
-    session.install("ruff", "mypy", "types-psutil", "grpc-stubs", "wrapt", "psutil", "pytest")
+    # Pinned: a new release of a linter must not turn a green tree red overnight.
+    session.install(*LINT_TOOLS, "wrapt", "psutil", "pytest")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "--strict", "pyspark_safestop", "boot")
