@@ -12,14 +12,10 @@ import contextlib
 import json
 import os
 import platform
-import queue
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +24,10 @@ RESULTS = REPO / "benchmarks" / "results"
 
 if str(REPO) not in sys.path:
     # The benchmarks are run as scripts from a clone: the package and the test helpers (the
-    # fault proxy) are imported from the work tree, not from an installed copy.
+    # fault proxy, the scenario runner) are imported from the work tree, not an installed copy.
     sys.path.insert(0, str(REPO))
+
+from tests.harness import Run, child_env, kill_group, run_events  # noqa: E402
 
 __all__ = [
     "REPO",
@@ -162,159 +160,6 @@ def fmt_seconds(seconds: float | None) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms" if seconds >= 0.01 else f"{seconds * 1000:.1f} ms"
     return f"{seconds:.1f} s" if seconds < 100 else f"{seconds:.0f} s"
-
-
-def child_env(*, shim: bool, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a measured interpreter: the work tree importable, the shim on or off.
-
-    ``PYSPARK_SAFESTOP=0`` turns the ``import pyspark_safestop`` at the top of every worker
-    (as at the top of a user's conftest) into a no-op, which gives upstream's behaviour.
-    """
-    env = dict(os.environ)
-    env.update(extra or {})
-    env["PYSPARK_SAFESTOP"] = "1" if shim else "0"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def kill_group(proc: subprocess.Popen[Any]) -> None:
-    """Kill a child started with ``start_new_session`` and everything it started, then reap it.
-
-    The child leads its own process group, so this reaches its children (a forked copy, a
-    pytest-xdist worker) and nothing that is not ours.
-    """
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-@dataclass
-class Run:
-    """One scenario run: the events it printed (with arrival times) and how it ended."""
-
-    label: str
-    #: The exit status, or None when it was still running at the timeout (and was killed).
-    returncode: int | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    elapsed: float = 0.0
-    #: Seconds from the last event to the process's exit (None if it never exited).
-    exit_delay: float | None = None
-    stderr_tail: str = ""
-
-    @property
-    def hung(self) -> bool:
-        """Whether the run was still going at its timeout."""
-        return self.returncode is None
-
-    def find(self, name: str, **match: Any) -> dict[str, Any] | None:
-        """The first event called ``name`` whose fields equal ``match``."""
-        for event in self.events:
-            if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
-                return event
-        return None
-
-    def all(self, name: str) -> list[dict[str, Any]]:
-        """Every event called ``name``."""
-        return [event for event in self.events if event.get("event") == name]
-
-
-def run_events(
-    python: str,
-    script: Path,
-    args: Sequence[str],
-    *,
-    shim: bool,
-    timeout: float,
-    startup_timeout: float = 120.0,
-    env: Mapping[str, str] | None = None,
-    on_checkpoint: Mapping[str, Callable[[], None]] | None = None,
-    label: str = "",
-    stderr_path: Path | None = None,
-) -> Run:
-    """Run ``python script *args``, reading one JSON event per line as it is printed.
-
-    The script may take ``startup_timeout`` seconds to print its first line (importing
-    pyspark on a loaded machine is slow), then ``timeout`` seconds more, not counting the time
-    the actions run at its checkpoints take; past that it is called hung and its process group
-    is killed. A ``checkpoint`` event runs the action of that name, then writes ``go`` to the
-    script's standard input.
-    """
-    run = Run(label or f"{script.name} {' '.join(args)}")
-    lines: queue.Queue[tuple[float, str | None]] = queue.Queue()
-    started = time.monotonic()
-    with open(stderr_path or os.devnull, "w") as err:
-        proc = subprocess.Popen(
-            [python, str(script), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=child_env(shim=shim, extra=env),
-            start_new_session=True,
-        )
-
-        def read() -> None:
-            assert proc.stdout is not None
-            for text in proc.stdout:
-                lines.put((time.monotonic(), text))
-            lines.put((time.monotonic(), None))
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = started + startup_timeout
-        first = True
-        last_at = started
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    arrived, text = lines.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                if text is None:
-                    break
-                if first:
-                    deadline, first = arrived + timeout, False
-                last_at = arrived
-                try:
-                    event = json.loads(text)
-                except ValueError:
-                    continue
-                event["arrived"] = round(arrived - started, 3)
-                run.events.append(event)
-                if event.get("event") == "checkpoint":
-                    action_started = time.monotonic()
-                    action = (on_checkpoint or {}).get(str(event.get("name", "")))
-                    if action is not None:
-                        action()
-                    # The harness's own work does not count against the script.
-                    deadline += time.monotonic() - action_started
-                    assert proc.stdin is not None
-                    with contextlib.suppress(OSError):
-                        proc.stdin.write("go\n")
-                        proc.stdin.flush()
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                run.returncode = proc.returncode
-                run.exit_delay = round(time.monotonic() - last_at, 3)
-            except subprocess.TimeoutExpired:
-                kill_group(proc)
-        finally:
-            # Once the child is reaped its PID (and so its group's ID) may be reused by
-            # anyone's process: the group is signalled only while the child is unreaped.
-            if proc.poll() is None:
-                kill_group(proc)
-            for stream in (proc.stdin, proc.stdout):
-                with contextlib.suppress(OSError):
-                    if stream is not None:
-                        stream.close()
-    run.elapsed = round(time.monotonic() - started, 3)
-    if stderr_path is not None:
-        with contextlib.suppress(OSError):
-            run.stderr_tail = "\n".join(stderr_path.read_text(errors="replace").splitlines()[-40:])
-    return run
 
 
 def warm_up(python: str, url: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.faultproxy import FaultProxy
-from tests.harness import Outcome, run_scenario
+from tests.harness import Run, run_scenario
 
 pytestmark = pytest.mark.server
 
@@ -36,10 +36,10 @@ EXIT_BOUND = 4.0
 #: never lets an upstream run pass.
 RUN_TIMEOUT = 60.0
 
-Check = Callable[[Outcome], list[str]]
+Check = Callable[[Run], list[str]]
 
 
-def finished(outcome: Outcome) -> list[str]:
+def finished(outcome: Run) -> list[str]:
     if outcome.hung:
         return [f"hung: killed after {RUN_TIMEOUT:.0f} s"]
     problems = []
@@ -51,7 +51,7 @@ def finished(outcome: Outcome) -> list[str]:
 
 
 def stop_within(label: str, bound: float) -> Check:
-    def check(outcome: Outcome) -> list[str]:
+    def check(outcome: Run) -> list[str]:
         event = outcome.find("stopped", label=label)
         if event is None:
             return [f"stop ({label}) never returned"]
@@ -64,12 +64,12 @@ def stop_within(label: str, bound: float) -> Check:
     return check
 
 
-def next_session_works(outcome: Outcome) -> list[str]:
+def next_session_works(outcome: Run) -> list[str]:
     return [] if outcome.find("next_session_ok") else ["the next session's first query never ran"]
 
 
 def exits_within(bound: float) -> Check:
-    def check(outcome: Outcome) -> list[str]:
+    def check(outcome: Run) -> list[str]:
         if outcome.exit_delay is None:
             return ["the interpreter never exited"]
         if outcome.exit_delay > bound:
@@ -80,7 +80,7 @@ def exits_within(bound: float) -> Check:
 
 
 def collected_within(bound: float) -> Check:
-    def check(outcome: Outcome) -> list[str]:
+    def check(outcome: Run) -> list[str]:
         rounds = [e for e in outcome.events if e["event"] == "collected"]
         if len(rounds) < 3:
             return [f"garbage collection blocked (only {len(rounds)} of 3 rounds done)"]
@@ -90,7 +90,7 @@ def collected_within(bound: float) -> Check:
     return check
 
 
-def interrupted(outcome: Outcome) -> list[str]:
+def interrupted(outcome: Run) -> list[str]:
     event = outcome.find("interrupted")
     if event is None:
         return ["the KeyboardInterrupt never reached the script"]
@@ -98,7 +98,7 @@ def interrupted(outcome: Outcome) -> list[str]:
 
 
 def all_stopped_within(bound: float) -> Check:
-    def check(outcome: Outcome) -> list[str]:
+    def check(outcome: Run) -> list[str]:
         event = outcome.find("stopped", label="all")
         if event is None:
             return ["the concurrent stops never finished"]
@@ -119,7 +119,7 @@ class Case:
     upstream_passes_on: frozenset[str] = frozenset()
     kill_server_at_checkpoint: bool = False
 
-    def problems(self, outcome: Outcome) -> list[str]:
+    def problems(self, outcome: Run) -> list[str]:
         found = finished(outcome)
         for check in self.checks:
             found += check(outcome)
@@ -181,7 +181,7 @@ CASES: dict[str, Case] = {
 }
 
 
-def _run(case: Case, shim: bool, server_url: str, workdir: Path) -> Outcome:
+def _run(case: Case, shim: bool, server_url: str, workdir: Path) -> Run:
     mode = "shim" if shim else "upstream"
     with FaultProxy(server_url) as proxy:
         for method in case.hang:
@@ -202,7 +202,7 @@ def _run(case: Case, shim: bool, server_url: str, workdir: Path) -> Outcome:
 @pytest.fixture(scope="module")
 def outcomes(
     spark_connect_server_address: str, tmp_path_factory: pytest.TempPathFactory
-) -> dict[tuple[str, bool], Outcome]:
+) -> dict[tuple[str, bool], Run]:
     workdir = tmp_path_factory.mktemp("scenarios")
     # A first session and query warm the server's JVM up, so that the runs' first queries are
     # not all paying for a cold start at once.
@@ -226,7 +226,7 @@ def outcomes(
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_shim_passes(name: str, outcomes: dict[tuple[str, bool], Outcome]) -> None:
+def test_shim_passes(name: str, outcomes: dict[tuple[str, bool], Run]) -> None:
     outcome = outcomes[name, True]
     problems = CASES[name].problems(outcome)
     assert not problems, f"{problems}\n{outcome.describe()}"
@@ -234,7 +234,7 @@ def test_shim_passes(name: str, outcomes: dict[tuple[str, bool], Outcome]) -> No
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_upstream_is_broken(
-    name: str, outcomes: dict[tuple[str, bool], Outcome], client_layout: str
+    name: str, outcomes: dict[tuple[str, bool], Run], client_layout: str
 ) -> None:
     case = CASES[name]
     outcome = outcomes[name, False]
@@ -250,7 +250,7 @@ def test_upstream_is_broken(
 
 
 def test_upstream_waits_ten_seconds_on_42(
-    outcomes: dict[tuple[str, bool], Outcome], client_layout: str
+    outcomes: dict[tuple[str, bool], Run], client_layout: str
 ) -> None:
     """4.2+ no longer deadlocks; its close() waits 10 s on the hung release futures instead."""
     if client_layout != "4.2+":
