@@ -132,7 +132,8 @@ def _line_python(session: nox.Session, line: str) -> str:
     session.run(
         "uv", "pip", "install", "-q", "--python", str(python), *LINES[line], ".", external=True
     )  # fmt: skip
-    return str(python.resolve())
+    # Not resolve(): the venv's python is a symlink to the base interpreter, which has no pyspark.
+    return str(python.absolute())
 
 
 @nox.session

@@ -187,7 +187,19 @@ def main() -> int:
         )
     )
     print(f"\nratio = upstream / shim (higher is better for the shim); JSON: {args.json}")
-    return 0
+    # A run that broke (an interpreter without pyspark, a crash) measured nothing: say so, and
+    # fail, rather than leave a row of dashes that reads like a result.
+    broken = [
+        (line, name, mode, measure.error)
+        for line, rows in results.items()
+        for name, row in rows.items()
+        for mode, measure in row.items()
+        if isinstance(measure, Measure) and measure.error
+    ]
+    for line, name, mode, error in broken:
+        tail = error.strip().splitlines()[-1] if error.strip() else "no output"
+        print(f"error: {line} {name} ({mode}): {tail}", file=sys.stderr)
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":
