@@ -466,6 +466,43 @@ def run_one(
         )
 
 
+def _label(name: str, line: str, shim: bool) -> str:
+    return f"{name} {line} {'shim' if shim else 'upstream'}"
+
+
+def run_plan(
+    plan: list[tuple[str, str, bool]],
+    faults: dict[str, Fault],
+    lines: dict[str, str],
+    *,
+    jobs: int,
+    server_port: int,
+    workdir: Path,
+    restarter: Restarter | None,
+) -> dict[tuple[str, str, bool], Run]:
+    """Run every (fault, line, shim) of ``plan``, ``jobs`` at a time."""
+    runs: dict[tuple[str, str, bool], Run] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {
+            pool.submit(
+                run_one,
+                faults[name],
+                lines[line],
+                shim=shim,
+                server_port=server_port,
+                workdir=workdir,
+                restarter=restarter,
+                label=_label(name, line, shim),
+            ): (name, line, shim)
+            for name, line, shim in plan
+        }
+        for future in concurrent.futures.as_completed(futures):
+            key = futures[future]
+            runs[key] = future.result()
+            print(f"  done {_label(*key)}: {runs[key].elapsed:.1f} s", file=sys.stderr)
+    return runs
+
+
 def main() -> int:
     """Run the matrix, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -497,31 +534,21 @@ def main() -> int:
     main_plan = [p for p in plan if faults[p[0]].transport != "restart"]
     restart_plan = [p for p in plan if faults[p[0]].transport == "restart"]
 
-    def label(name: str, line: str, shim: bool) -> str:
-        return f"{name} {line} {'shim' if shim else 'upstream'}"
-
     server = SparkConnectServer(home, log_path=workdir / "server.log")
     server.start()
     warm_up(next(iter(lines.values())), server.url)
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            futures = {
-                pool.submit(
-                    run_one,
-                    faults[name],
-                    lines[line],
-                    shim=shim,
-                    server_port=server.port,
-                    workdir=workdir,
-                    restarter=None,
-                    label=label(name, line, shim),
-                ): (name, line, shim)
-                for name, line, shim in main_plan
-            }
-            for future in concurrent.futures.as_completed(futures):
-                key = futures[future]
-                runs[key] = future.result()
-                print(f"  done {label(*key)}: {runs[key].elapsed:.1f} s", file=sys.stderr)
+        runs.update(
+            run_plan(
+                main_plan,
+                faults,
+                lines,
+                jobs=args.jobs,
+                server_port=server.port,
+                workdir=workdir,
+                restarter=None,
+            )
+        )
     finally:
         server.stop()
 
@@ -532,24 +559,18 @@ def main() -> int:
         warm_up(next(iter(lines.values())), second.url)
         restarter = Restarter(second, home, workdir, len(restart_plan))
         try:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=len(restart_plan)) as pool:
-                futures = {
-                    pool.submit(
-                        run_one,
-                        faults[name],
-                        lines[line],
-                        shim=shim,
-                        server_port=0,
-                        workdir=workdir,
-                        restarter=restarter,
-                        label=label(name, line, shim),
-                    ): (name, line, shim)
-                    for name, line, shim in restart_plan
-                }
-                for future in concurrent.futures.as_completed(futures):
-                    key = futures[future]
-                    runs[key] = future.result()
-                    print(f"  done {label(*key)}: {runs[key].elapsed:.1f} s", file=sys.stderr)
+            # All at once: the restart waits until every run has used its first session.
+            runs.update(
+                run_plan(
+                    restart_plan,
+                    faults,
+                    lines,
+                    jobs=len(restart_plan),
+                    server_port=0,
+                    workdir=workdir,
+                    restarter=restarter,
+                )
+            )
         finally:
             restarter.server.stop()
         if not restarter.restarted:
