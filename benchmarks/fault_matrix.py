@@ -45,6 +45,7 @@ from _common import (
 from _faults import SelectiveHangProxy, TcpRelay
 
 from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from tests.harness import Check, next_session_works, stop_within
 
 CORE_SCRIPT = REPO / "tests" / "scenarios" / "run_scenario.py"
 WORKER_SCRIPT = Path(__file__).resolve().parent / "_fault_worker.py"
@@ -55,8 +56,6 @@ RELEASE_TIMEOUT = 1.0
 STOP_BOUND = 2.0
 #: Seconds from a scenario's last line to its interpreter's exit.
 EXIT_BOUND = 4.0
-
-Check = Callable[[Run], list[str]]
 
 
 @dataclass(frozen=True)
@@ -92,27 +91,6 @@ def _stopped(run: Run, label: str) -> float | None:
     if event is None or event.get("returned") is False:
         return None
     return float(event["seconds"])
-
-
-def stop_within(label: str, bound: float) -> Check:
-    """The stop labelled ``label`` returned within ``bound`` seconds."""
-
-    def check(run: Run) -> list[str]:
-        event = run.find("stopped", label=label)
-        if event is None:
-            return [f"stop ({label}) never returned"]
-        if event.get("returned") is False:
-            return [f"stop ({label}) still running after {event['seconds']} s"]
-        if event["seconds"] > bound:
-            return [f"stop ({label}) took {event['seconds']} s > {bound} s"]
-        return []
-
-    return check
-
-
-def next_session_works(run: Run) -> list[str]:
-    """The scenario's last new session ran its first query."""
-    return [] if run.find("next_session_ok") else ["the next session's first query never ran"]
 
 
 def slowest_within(name: str, key: str, bound: float, count: int = 1) -> Check:

@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCENARIO_SCRIPT", "Run", "child_env", "kill_group", "run_events", "run_scenario"]
+__all__ = [
+    "SCENARIO_SCRIPT",
+    "Check",
+    "Run",
+    "child_env",
+    "kill_group",
+    "next_session_works",
+    "run_events",
+    "run_scenario",
+    "stop_within",
+]
 
 SCENARIO_SCRIPT = Path(__file__).parent / "scenarios" / "run_scenario.py"
 REPO = Path(__file__).resolve().parent.parent
@@ -213,3 +223,30 @@ def run_scenario(
         label=label or f"{name} ({'shim' if shim else 'upstream'})",
         stderr_path=stderr_path,
     )
+
+
+# -- checks shared by the regression tests and the fault matrix ---------------------------------
+
+#: A check reads a run and returns what is wrong with it (nothing: it passed).
+Check = Callable[[Run], list[str]]
+
+
+def stop_within(label: str, bound: float) -> Check:
+    """The stop labelled ``label`` returned within ``bound`` seconds."""
+
+    def check(run: Run) -> list[str]:
+        event = run.find("stopped", label=label)
+        if event is None:
+            return [f"stop ({label}) never returned"]
+        if event.get("returned") is False:
+            return [f"stop ({label}) still running after {event['seconds']} s"]
+        if event["seconds"] > bound:
+            return [f"stop ({label}) took {event['seconds']} s > {bound} s"]
+        return []
+
+    return check
+
+
+def next_session_works(run: Run) -> list[str]:
+    """The scenario's last new session ran its first query."""
+    return [] if run.find("next_session_ok") else ["the next session's first query never ran"]

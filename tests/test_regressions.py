@@ -15,14 +15,13 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.faultproxy import FaultProxy
-from tests.harness import Run, run_scenario
+from tests.harness import Check, Run, next_session_works, run_scenario, stop_within
 
 pytestmark = pytest.mark.server
 
@@ -36,8 +35,6 @@ EXIT_BOUND = 4.0
 #: never lets an upstream run pass.
 RUN_TIMEOUT = 60.0
 
-Check = Callable[[Run], list[str]]
-
 
 def finished(outcome: Run) -> list[str]:
     if outcome.hung:
@@ -48,24 +45,6 @@ def finished(outcome: Run) -> list[str]:
     if outcome.find("done") is None:
         problems.append("never reached the end of the scenario")
     return problems
-
-
-def stop_within(label: str, bound: float) -> Check:
-    def check(outcome: Run) -> list[str]:
-        event = outcome.find("stopped", label=label)
-        if event is None:
-            return [f"stop ({label}) never returned"]
-        if event.get("returned") is False:
-            return [f"stop ({label}) still running after {event['seconds']} s"]
-        if event["seconds"] > bound:
-            return [f"stop ({label}) took {event['seconds']} s > {bound} s"]
-        return []
-
-    return check
-
-
-def next_session_works(outcome: Run) -> list[str]:
-    return [] if outcome.find("next_session_ok") else ["the next session's first query never ran"]
 
 
 def exits_within(bound: float) -> Check:
