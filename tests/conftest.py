@@ -19,8 +19,11 @@ import pytest
 from pyspark_safestop import _layouts
 from pyspark_safestop._server import SparkConnectServer
 from tests.bootsite import make_site_dir
+from tests.foreign_user import foreign_user
 
 pytest_plugins = ["pytester"]
+
+__all__ = ["foreign_user"]  # a fixture: tests that act as another local user
 
 PLUGIN = "pyspark_safestop"
 
