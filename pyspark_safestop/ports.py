@@ -15,9 +15,9 @@ Allocation
       picks ports for ``bind(0)`` and outgoing connections from the ephemeral range only, but
       a program asking for that port by number gets it. The lease rules out collisions among
       users of this module; the range rules out the kernel's own choices.
-    * Leases coordinate processes of one user that see the same lease directory:
-      ``$PYSPARK_SAFESTOP_PORT_LEASE_DIR`` if set, else ``/tmp/pyspark-safestop-<uid>/ports``.
-      Other users, or a container with its own ``/tmp``, are only kept off by the bind test.
+    * Leases coordinate processes of one user that see the same lease directory (see
+      :func:`lease_directory`). Other users, or a container with its own temporary folder,
+      are only kept off by the bind test.
     * A port from an environment variable (:func:`port_from_env`) is used as given, not leased.
     * A lease file deleted behind the holder's back (a ``/tmp`` cleaner, ``rm -rf``) no longer
       protects its port from other processes.
@@ -59,6 +59,7 @@ import re
 import signal
 import socket
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +73,7 @@ __all__ = [
     "ENV_LEASE_DIR",
     "ForeignProcessError",
     "KillRefusedError",
+    "LeaseDirectoryError",
     "ProcessInfo",
     "ProtectedProcessError",
     "UnexpectedProcessError",
@@ -284,21 +286,80 @@ def _owner_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+class LeaseDirectoryError(PermissionError):
+    """The lease directory, or the folder holding it, could be used by another user."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            errno.EPERM,
+            f"port lease directory {path}: {problem}; another user could plant or remove "
+            f"lease files there. Remove it, or set {ENV_LEASE_DIR} to a directory of your own",
+        )
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _others_can_write(info: os.stat_result) -> bool:
+    return bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _check_parent(parent: Path, child: Path) -> None:
+    """Refuse ``parent`` if another user could rename or replace ``child`` inside it.
+
+    That is the case when ``parent`` belongs to another user (root aside) or is writable by
+    others without the sticky bit (``/tmp`` has it: there only an entry's owner may remove it).
+    """
+    info = os.stat(parent)  # followed: /tmp is a symlink on some systems
+    if info.st_uid not in (os.getuid(), 0):
+        raise LeaseDirectoryError(
+            child, f"its folder {parent} belongs to {_owner_name(info.st_uid)}"
+        )
+    if _others_can_write(info) and not info.st_mode & stat.S_ISVTX:
+        raise LeaseDirectoryError(
+            child, f"its folder {parent} is writable by others and not sticky"
+        )
+
+
 def _private_dir(path: Path) -> None:
-    """Create ``path`` (mode 0700) if missing; refuse it unless it is our own real directory."""
+    """Create ``path`` (mode 0700) if missing; refuse it unless it is our own private directory."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
-        raise PermissionError(f"port lease directory {path} is not a directory (or is a symlink)")
+        raise LeaseDirectoryError(path, "not a directory (or a symlink)")
     if info.st_uid != os.getuid():
-        raise PermissionError(
-            f"port lease directory {path} belongs to {_owner_name(info.st_uid)}, not to "
-            f"{_owner_name(os.getuid())}; remove it or set {ENV_LEASE_DIR}"
+        raise LeaseDirectoryError(
+            path, f"it belongs to {_owner_name(info.st_uid)}, not to {_owner_name(os.getuid())}"
+        )
+    if _others_can_write(info):
+        # Whatever it holds may have been planted: refused, not repaired.
+        raise LeaseDirectoryError(
+            path, f"it is writable by others (mode {info.st_mode & 0o7777:o})"
         )
     if stat.S_IMODE(info.st_mode) & 0o077:
-        # Ours but readable or writable by others: another user could plant lease files.
+        # Ours, only readable by others: nothing planted, but which ports we use is ours to know.
         os.chmod(path, 0o700)
+
+
+def _runtime_dir() -> Path | None:
+    """``$XDG_RUNTIME_DIR`` if it is an absolute path to our own directory of mode 0700."""
+    value = os.environ.get("XDG_RUNTIME_DIR")
+    if not value or not os.path.isabs(value):
+        return None
+    try:
+        info = os.stat(value)
+    except OSError:
+        return None
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.getuid()
+        or stat.S_IMODE(info.st_mode) & 0o077
+    ):
+        logger.debug("not using XDG_RUNTIME_DIR=%s: not a private directory of ours", value)
+        return None
+    return Path(value)
 
 
 #: ``(path, st_dev, st_ino)`` of the lease directory last checked in full. A later call only
@@ -322,28 +383,43 @@ def _still_checked(path: Path) -> bool:
     )
 
 
+def _default_lease_chain() -> list[Path]:
+    """The default lease directory and the folders to create on the way, outermost first."""
+    runtime = _runtime_dir()
+    if runtime is not None:
+        # Already private: only the folders below it need creating.
+        return [runtime / "pyspark-safestop", runtime / "pyspark-safestop" / "ports"]
+    top = Path(tempfile.gettempdir()) / f"pyspark-safestop-{os.getuid()}"
+    return [top, top / "ports"]
+
+
 def lease_directory() -> Path:
     """Return the directory holding the lease files, creating it (mode 0700) when missing.
 
-    ``$PYSPARK_SAFESTOP_PORT_LEASE_DIR`` if set, else ``/tmp/pyspark-safestop-<uid>/ports``.
-    A fixed path rather than ``$XDG_RUNTIME_DIR``: every process of the user has to find the
-    same directory, and that variable is unset under cron, sudo and many CI runners.
+    ``$PYSPARK_SAFESTOP_PORT_LEASE_DIR`` if set; else ``pyspark-safestop/ports`` in
+    ``$XDG_RUNTIME_DIR`` when that is a private directory of the current user; else
+    ``pyspark-safestop-<uid>/ports`` in the temporary folder (``tempfile.gettempdir()``).
+    Processes coordinate only if they find the same directory: one started without
+    ``XDG_RUNTIME_DIR`` (cron, sudo, some CI runners) should be given the variable.
 
     Raises:
-        PermissionError: The directory (or its parent in the default location) is not a
-            directory owned by the current user.
+        LeaseDirectoryError: The directory is not a directory of the current user, is
+            writable by others, or sits in a folder another user could change (writable by
+            others and not sticky, or owned by another user than root). The message names
+            ``PYSPARK_SAFESTOP_PORT_LEASE_DIR``, which picks another one.
     """
     global _checked_dir
     override = os.environ.get(ENV_LEASE_DIR)
-    parent = Path("/tmp") / f"pyspark-safestop-{os.getuid()}"
-    path = Path(override) if override else parent / "ports"
+    chain = [Path(override)] if override else _default_lease_chain()
+    path = chain[-1]
     if _still_checked(path):
         return path
     if override:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    else:
-        _private_dir(parent)
-    _private_dir(path)
+        # Missing folders above an explicit choice are created private.
+        os.makedirs(path.parent, mode=0o700, exist_ok=True)
+    _check_parent(chain[0].parent, chain[0])
+    for folder in chain:
+        _private_dir(folder)
     info = os.lstat(path)
     _checked_dir = (str(path), info.st_dev, info.st_ino)
     return path
