@@ -41,13 +41,11 @@ _Subparsers = Any
 
 
 def _port(text: str) -> int:
+    # The parser of port_from_env: a port reads the same on the command line and in a variable.
     try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 1-65535, got {text!r}")
-    return value
+        return ports.parse_port(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _count(text: str) -> int:

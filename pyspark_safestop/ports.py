@@ -128,6 +128,22 @@ def _check_port(port: object, name: str = "port") -> int:
     return port
 
 
+def parse_port(text: str, name: str | None = None) -> int:
+    """Return the TCP port written in ``text`` (ASCII digits, surrounding blanks allowed).
+
+    ``name`` (an environment variable, an argument) is named in the error message.
+
+    Raises:
+        ValueError: ``text`` is not an integer in 1-65535 written in plain digits.
+    """
+    stripped = text.strip()
+    # int() would also take "+80", "8_080" and "٨٠": accept plain ASCII digits only.
+    if not re.fullmatch(r"[0-9]{1,5}", stripped) or not 1 <= int(stripped) <= _MAX_PORT:
+        shown = f"{name}={text!r}" if name else repr(text)
+        raise ValueError(f"{shown} is not a TCP port (an integer in 1-65535)")
+    return int(stripped)
+
+
 def _check_timeout(timeout: object) -> float:
     """Return ``timeout`` as finite, non-negative seconds, else raise ``ValueError``."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -594,11 +610,7 @@ def port_from_env(name: str, *, default: int | None = None, host: str = "127.0.0
         _check_port(default, "default")
     raw = os.environ.get(name)
     if raw is not None and raw.strip():
-        text = raw.strip()
-        # int() would also take "+80", "8_080" and "٨٠": accept plain ASCII digits only.
-        if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= _MAX_PORT:
-            raise ValueError(f"{name}={raw!r} is not a TCP port (an integer in 1-65535)")
-        return int(text)
+        return parse_port(raw, name)
     if default is not None:
         return default
     return allocate_free_port(host)

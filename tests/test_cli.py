@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pyspark_safestop.ports import ephemeral_port_range
+from pyspark_safestop.ports import ephemeral_port_range, port_from_env
 from tests.ports_helpers import (
     EXIT_TIMEOUT,
     REPO_ROOT,
@@ -94,11 +94,26 @@ def test_free_port_bad_count_is_a_usage_error(bad: str) -> None:
     assert repr(bad) in result.stderr
 
 
-@pytest.mark.parametrize("bad", ["0", "65536", "-1", "abc", "80.5", ""])
+#: What ``int()`` would take but a port number is not: signs, digit separators, other digits.
+NOT_PLAIN_DIGITS = ["+80", "8_080", "٨٠", "0x50", "1e3", "080800"]
+
+
+@pytest.mark.parametrize("bad", ["0", "65536", "-1", "abc", "80.5", "", *NOT_PLAIN_DIGITS])
 def test_kill_port_bad_port_is_a_usage_error(bad: str) -> None:
     result = run_cli("kill-port", "--", bad)
     assert result.returncode == 2
     assert repr(bad) in result.stderr
+    assert "not a TCP port" in result.stderr  # the message of port_from_env: one parser
+
+
+@pytest.mark.parametrize("bad", NOT_PLAIN_DIGITS)
+def test_kill_port_and_port_from_env_reject_the_same_text(
+    bad: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_KILL_PORT", bad)
+    with pytest.raises(ValueError, match="not a TCP port"):
+        port_from_env("TEST_KILL_PORT")
+    assert run_cli("kill-port", "--dry-run", "--", bad).returncode == 2
 
 
 @pytest.mark.parametrize(
