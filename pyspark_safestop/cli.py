@@ -144,15 +144,23 @@ def _add_kill_port(subparsers: _Subparsers) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=_kill_timeout,
         default=5.0,
         metavar="S",
-        help="seconds between SIGTERM and SIGKILL (default 5)",
+        help="seconds between SIGTERM and SIGKILL, 0 to 86400 (default 5)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="check and report, but signal nothing"
     )
     parser.set_defaults(handler=_kill_port)
+
+
+def _kill_timeout(text: str) -> float:
+    # The bounds of kill_process_on_port, checked while parsing: a usage error naming the text.
+    try:
+        return ports._check_timeout(float(text), "--timeout")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"bad timeout {text!r}: {error}") from None
 
 
 def _kill_port(args: argparse.Namespace) -> int:

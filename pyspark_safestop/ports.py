@@ -51,7 +51,6 @@ import contextlib
 import errno
 import fcntl
 import logging
-import math
 import os
 import pwd
 import random
@@ -68,6 +67,8 @@ from pathlib import Path
 from types import FrameType
 
 import psutil
+
+from ._settings import validate_timeout
 
 __all__ = [
     "ENV_LEASE_DIR",
@@ -144,14 +145,13 @@ def parse_port(text: str, name: str | None = None) -> int:
     return int(stripped)
 
 
-def _check_timeout(timeout: object) -> float:
-    """Return ``timeout`` as finite, non-negative seconds, else raise ``ValueError``."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ValueError(f"timeout must be a number of seconds, got {timeout!r}")
-    seconds = float(timeout)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
-    return seconds
+def _check_timeout(timeout: object, name: str = "timeout") -> float:
+    """Return ``timeout`` as seconds in 0-``MAX_TIMEOUT``, else raise ``ValueError`` naming it."""
+    # 0 is allowed here (SIGKILL at once for whatever is still alive); any other value goes
+    # through the library's one timeout check, bounds included.
+    if timeout == 0 and not isinstance(timeout, bool):
+        return 0.0
+    return validate_timeout(timeout, name)
 
 
 def _check_expect(expect: object) -> str | re.Pattern[str] | None:
@@ -987,7 +987,8 @@ def kill_process_on_port(
         port: The TCP port (1-65535).
         expect: A ``str`` the command line must contain, or a compiled pattern it must match
             (``re.search``); for example ``"SparkConnectServer"``.
-        timeout: Seconds between SIGTERM and SIGKILL (0: SIGKILL right away if still alive).
+        timeout: Seconds between SIGTERM and SIGKILL, from 0 (SIGKILL right away if still
+            alive) to ``MAX_TIMEOUT`` of :mod:`pyspark_safestop._settings` (one day).
         dry_run: Run every check, signal nothing, and return the PIDs that would be ended.
 
     Returns:
@@ -997,7 +998,8 @@ def kill_process_on_port(
         logged as a warning.
 
     Raises:
-        TypeError, ValueError: ``port``, ``expect`` or ``timeout`` is invalid.
+        TypeError, ValueError: ``port``, ``expect`` or ``timeout`` is invalid (a ``timeout``
+            beyond the maximum included).
         ForeignProcessError: A listener belongs to another user (also when running as root),
             or is invisible to this user.
         ProtectedProcessError: A listener is PID 1 or lower, this process or an ancestor.

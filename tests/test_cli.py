@@ -117,7 +117,15 @@ def test_kill_port_and_port_from_env_reject_the_same_text(
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--timeout", "-1"), ("--timeout", "nan"), ("--expect", "(")]
+    ("option", "value"),
+    [
+        ("--timeout", "-1"),
+        ("--timeout", "nan"),
+        ("--timeout", "86401"),
+        ("--timeout", "1e400"),
+        ("--timeout", "9" * 400),
+        ("--expect", "("),
+    ],
 )
 def test_kill_port_bad_options_are_usage_errors(option: str, value: str) -> None:
     result = run_cli("kill-port", "15002", option, value)

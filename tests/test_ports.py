@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from pyspark_safestop import ports
+from pyspark_safestop._settings import MAX_TIMEOUT
 from pyspark_safestop.ports import (
     ForeignProcessError,
     KillRefusedError,
@@ -99,6 +100,7 @@ def _lease_is_free(port: int) -> bool:
     code = textwrap.dedent(
         f"""
         from pyspark_safestop import ports
+from pyspark_safestop._settings import MAX_TIMEOUT
         lease = ports._try_lease(ports.lease_directory(), {port})
         print("free" if lease is not None else "busy")
         if lease is not None:
@@ -127,11 +129,30 @@ def test_bad_ports_are_rejected_naming_the_value(bad: object) -> None:
         assert repr(bad) in str(info.value), function
 
 
-@pytest.mark.parametrize("bad", [-1, -0.1, float("inf"), float("nan"), "5", None, True])
+@pytest.mark.parametrize(
+    "bad", [-1, -0.1, float("inf"), float("nan"), "5", None, True, MAX_TIMEOUT + 1, 1e300]
+)
 def test_bad_timeout_is_rejected(bad: object) -> None:
     with pytest.raises(ValueError, match="timeout") as info:
         kill_process_on_port(1, timeout=bad)  # type: ignore[arg-type]
     assert repr(bad) in str(info.value)
+    with pytest.raises(ValueError, match="timeout"):
+        register_cleanup(port=15002, timeout=bad)  # type: ignore[arg-type]
+
+
+def test_a_huge_int_timeout_is_a_value_error_not_an_overflow() -> None:
+    for call in (
+        kill_process_on_port,
+        lambda port, timeout: register_cleanup(port=port, timeout=timeout),
+    ):
+        with pytest.raises(ValueError, match="timeout"):
+            call(15002, timeout=10**400)
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, MAX_TIMEOUT, int(MAX_TIMEOUT)])
+def test_timeouts_up_to_the_maximum_are_accepted(timeout: float) -> None:
+    with leased_port() as port:
+        assert kill_process_on_port(port, expect=NO_SUCH_COMMAND, timeout=timeout) == []
 
 
 @pytest.mark.parametrize("bad", ["", 5, b"java", re.compile(b"java")])
