@@ -3,11 +3,16 @@
 Environment variables are read by the user's shell, CI or a `.pth` file, where an exception
 would break an interpreter that never asked for us; a bad value there gives one warning and
 the default. Values passed to functions by code are checked strictly and raise ``ValueError``.
+
+Warnings may be errors (``python -W error``, ``PYTHONWARNINGS=error``, pytest's
+``filterwarnings = error``): a warning about a bad value is then logged instead, and the
+default still applies, so that an import, the ``.pth`` hook or pytest's start never fails
+because of it.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 import threading
 import warnings
@@ -17,12 +22,17 @@ __all__ = [
     "DEFAULT_RELEASE_TIMEOUT",
     "ENV_ENABLED",
     "ENV_RELEASE_TIMEOUT",
+    "MAX_TIMEOUT",
     "SafestopWarning",
     "Settings",
     "enabled_from_env",
+    "environment_problems",
     "release_timeout_from_env",
     "validate_timeout",
+    "warn",
 ]
+
+logger = logging.getLogger("pyspark_safestop")
 
 ENV_ENABLED = "PYSPARK_SAFESTOP"
 ENV_RELEASE_TIMEOUT = "PYSPARK_SAFESTOP_RELEASE_TIMEOUT"
@@ -30,6 +40,13 @@ ENV_RELEASE_TIMEOUT = "PYSPARK_SAFESTOP_RELEASE_TIMEOUT"
 #: Seconds allowed for the server-side ``ReleaseSession`` RPC when nothing else is configured.
 DEFAULT_RELEASE_TIMEOUT = 5.0
 
+#: The longest timeout accepted anywhere, in seconds (one day). No release or server start
+#: needs more, and it stays far from the limits of what the timeouts are handed to: gRPC
+#: deadlines (about 292 years in int64 nanoseconds; beyond, the RPC fails at once) and
+#: ``threading.TIMEOUT_MAX``.
+MAX_TIMEOUT = 86_400.0
+
+# The same words are read by boot/_pyspark_safestop_boot.py (a test keeps the two in step).
 _FALSE_WORDS = frozenset({"0", "false", "no", "off", "disable", "disabled"})
 _TRUE_WORDS = frozenset({"", "1", "true", "yes", "on", "enable", "enabled"})
 
@@ -48,6 +65,19 @@ class Settings:
     release_timeout: float
 
 
+def warn(message: str, stacklevel: int = 2) -> None:
+    """Issue ``message`` as a :class:`SafestopWarning`; never raises.
+
+    Where warnings are turned into errors, the message goes to the ``pyspark_safestop``
+    logger instead: the callers run inside imports, start-up hooks and pytest's start, which
+    must carry on with the defaults.
+    """
+    try:
+        warnings.warn(message, SafestopWarning, stacklevel=stacklevel + 1)
+    except Exception:
+        logger.warning("%s", message)
+
+
 def _warn_once(name: str, value: str, message: str) -> None:
     # One warning per variable and value: the same bad value read by every install() call
     # (or every subprocess of a test run) must not flood the output.
@@ -55,60 +85,92 @@ def _warn_once(name: str, value: str, message: str) -> None:
         if (name, value) in _warned:
             return
         _warned.add((name, value))
-    # A warning, not a log record: it reaches the user once whatever logging is configured.
-    warnings.warn(message, SafestopWarning, stacklevel=3)
+    # A warning, not only a log record: it reaches the user whatever logging is configured.
+    warn(message, stacklevel=4)
+
+
+def _read_enabled() -> tuple[bool, str | None]:
+    raw = os.environ.get(ENV_ENABLED)
+    if raw is None:
+        return True, None
+    word = raw.strip().lower()
+    if word in _FALSE_WORDS:
+        return False, None
+    if word in _TRUE_WORDS:
+        return True, None
+    return True, f"{ENV_ENABLED}={raw!r} is not understood (use 0 or 1); keeping the shim enabled"
+
+
+def _read_release_timeout() -> tuple[float, str | None]:
+    raw = os.environ.get(ENV_RELEASE_TIMEOUT)
+    if raw is None or not raw.strip():
+        return DEFAULT_RELEASE_TIMEOUT, None
+    try:
+        return validate_timeout(float(raw), ENV_RELEASE_TIMEOUT), None
+    except ValueError:
+        return DEFAULT_RELEASE_TIMEOUT, (
+            f"{ENV_RELEASE_TIMEOUT}={raw!r} is not a positive number of seconds up to "
+            f"{MAX_TIMEOUT:g}; using the default, {DEFAULT_RELEASE_TIMEOUT:g}"
+        )
 
 
 def enabled_from_env() -> bool:
     """Return whether ``PYSPARK_SAFESTOP`` allows the shim (unset means yes).
 
-    ``0``, ``false``, ``no`` and ``off`` (any case) disable it. Anything unrecognised gives
-    one warning and keeps the shim enabled, the safe default for a test suite.
+    ``0``, ``false``, ``no``, ``off``, ``disable`` and ``disabled`` (any case, surrounding
+    blanks ignored) disable it. Anything unrecognised gives one warning and keeps the shim
+    enabled, the safe default for a test suite.
     """
-    raw = os.environ.get(ENV_ENABLED)
-    if raw is None:
-        return True
-    word = raw.strip().lower()
-    if word in _FALSE_WORDS:
-        return False
-    if word not in _TRUE_WORDS:
-        _warn_once(
-            ENV_ENABLED,
-            raw,
-            f"{ENV_ENABLED}={raw!r} is not understood (use 0 or 1); keeping the shim enabled",
-        )
-    return True
-
-
-def validate_timeout(value: object, name: str) -> float:
-    """Return ``value`` as a positive, finite number of seconds, or raise ``ValueError``.
-
-    ``name`` is the parameter's name, used in the error message.
-    """
-    # bool is an int subclass; True seconds is certainly a mistake.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
-    return seconds
+    enabled, problem = _read_enabled()
+    if problem is not None:
+        _warn_once(ENV_ENABLED, os.environ.get(ENV_ENABLED, ""), problem)
+    return enabled
 
 
 def release_timeout_from_env() -> float:
     """Return ``PYSPARK_SAFESTOP_RELEASE_TIMEOUT`` in seconds, or the default.
 
-    A value that is not a positive, finite number gives one warning and the default.
+    A value that is not a positive number of seconds up to :data:`MAX_TIMEOUT` gives one
+    warning and the default.
     """
-    raw = os.environ.get(ENV_RELEASE_TIMEOUT)
-    if raw is None or not raw.strip():
-        return DEFAULT_RELEASE_TIMEOUT
+    seconds, problem = _read_release_timeout()
+    if problem is not None:
+        _warn_once(ENV_RELEASE_TIMEOUT, os.environ.get(ENV_RELEASE_TIMEOUT, ""), problem)
+    return seconds
+
+
+def environment_problems() -> list[str]:
+    """Return a message for each environment variable whose value is replaced by a default.
+
+    Nothing is warned: this is for reports (pytest's header, ``doctor``), which show the
+    problem however warnings and logging are configured.
+    """
+    found = (_read_enabled()[1], _read_release_timeout()[1])
+    return [problem for problem in found if problem is not None]
+
+
+def _shown(value: object) -> str:
     try:
-        return validate_timeout(float(raw), ENV_RELEASE_TIMEOUT)
-    except ValueError:
-        _warn_once(
-            ENV_RELEASE_TIMEOUT,
-            raw,
-            f"{ENV_RELEASE_TIMEOUT}={raw!r} is not a positive number of seconds; "
-            f"using the default, {DEFAULT_RELEASE_TIMEOUT:g}",
+        text = repr(value)
+    except Exception:  # an int too long to print (sys.set_int_max_str_digits), a broken repr
+        text = f"an object of type {type(value).__name__}"
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def validate_timeout(value: object, name: str) -> float:
+    """Return ``value`` as a number of seconds above 0 and at most :data:`MAX_TIMEOUT`.
+
+    Raises ``ValueError`` naming ``name`` (the parameter or option) and the value otherwise:
+    not an ``int`` or ``float``, not positive, infinite, NaN, or above the maximum.
+    """
+    # bool is an int subclass; True seconds is certainly a mistake.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a positive number of seconds, got {_shown(value)}")
+    # Compared before float(): int and float compare exactly, where float() of a huge int
+    # raises OverflowError. NaN fails every comparison.
+    if not 0 < value <= MAX_TIMEOUT:
+        raise ValueError(
+            f"{name} must be a positive number of seconds, at most {MAX_TIMEOUT:g} (one day), "
+            f"got {_shown(value)}"
         )
-        return DEFAULT_RELEASE_TIMEOUT
+    return float(value)
