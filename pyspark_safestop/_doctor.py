@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, _layouts
 from ._server import find_spark_home, java_available
 from ._settings import (
     ENV_ENABLED,
@@ -38,17 +38,8 @@ __all__ = [
     "render",
 ]
 
-#: What goes wrong without the shim, per client layout (as this project's tests reproduce it).
-KNOWN_PROBLEMS = {
-    "3.5": "stop() hangs forever when a ReleaseExecute RPC hangs, and so does every session "
-    "after it",
-    "4.0": "stop() hangs forever when a ReleaseExecute or ReleaseSession RPC hangs; the "
-    "interpreter hangs at exit while an RPC is in flight",
-    "4.1": "stop() hangs forever when a ReleaseExecute or ReleaseSession RPC hangs; the "
-    "interpreter hangs at exit while an RPC is in flight",
-    "4.2+": "stop() waits 10 s for each hung ReleaseExecute and forever for a hung "
-    "ReleaseSession (4.3: 10 min); the interpreter hangs at exit while an RPC is in flight",
-}
+#: What goes wrong without the shim, per client layout (the facts live in ``_layouts``).
+KNOWN_PROBLEMS = {layout.name: layout.symptom for layout in _layouts.LAYOUTS}
 
 PTH_FILE = "pyspark_safestop.pth"
 START_FILE = "pyspark_safestop.start"

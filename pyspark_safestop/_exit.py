@@ -16,6 +16,7 @@ import threading
 import time
 
 from . import _layouts, _sessions
+from ._release import release_and_close
 from ._state import STATE
 
 __all__ = ["register"]
@@ -60,12 +61,8 @@ def close_live_sessions(budget: float) -> int:
             if _layouts.is_closed(client):
                 continue
             remaining = deadline - time.monotonic()
-            if remaining > 0 and _layouts.release_on_exit(client):
-                try:
-                    _layouts.release_server_side(client, remaining)
-                except Exception as error:
-                    logger.debug("release at exit failed: %s", error)
-            _layouts.close_channel(client)
+            release = remaining > 0 and _layouts.release_on_exit(client)
+            release_and_close(client, max(remaining, 0.0), release=release)
             closed += 1
         except Exception:
             logger.debug("could not close a session at exit", exc_info=True)

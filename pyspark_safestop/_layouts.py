@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = [
@@ -84,14 +84,41 @@ class Layout:
     release_session_rpc: bool
     #: Class attribute of the reattachable iterator holding the process-global pool.
     pool_attribute: str
+    #: How that pool is shut down without waiting: ``"close"`` (a ``multiprocessing`` thread
+    #: pool, whose daemon workers nothing joins) or ``"shutdown"`` (a ``ThreadPoolExecutor``).
+    pool_shutdown: str
+    #: What goes wrong on this line without the shim, as the regression tests reproduce it
+    #: (``doctor`` reports it).
+    symptom: str
     targets: tuple[Target, ...]
 
 
-LAYOUT_3_5 = Layout("3.5", False, "_release_thread_pool", (_TRACK, _STOP, _CLOSE))
-LAYOUT_4_0 = Layout("4.0", True, "_release_thread_pool_instance", (_TRACK, _STOP, _CLOSE, _RELEASE))
-LAYOUT_4_1 = Layout("4.1", True, "_release_thread_pool_instance", (_TRACK, _STOP, _CLOSE, _RELEASE))
-LAYOUT_4_2 = Layout(
-    "4.2+", True, "_release_thread_pool_instance", (_TRACK, _STOP, _CLOSE, _RELEASE)
+_HANGS_AT_EXIT = "the interpreter hangs at exit while an RPC is in flight"
+
+LAYOUT_3_5 = Layout(
+    name="3.5",
+    release_session_rpc=False,
+    pool_attribute="_release_thread_pool",
+    pool_shutdown="close",
+    symptom="stop() hangs forever when a ReleaseExecute RPC hangs, and so does every session "
+    "after it",
+    targets=(_TRACK, _STOP, _CLOSE),
+)
+LAYOUT_4_0 = Layout(
+    name="4.0",
+    release_session_rpc=True,
+    pool_attribute="_release_thread_pool_instance",
+    pool_shutdown="shutdown",
+    symptom="stop() hangs forever when a ReleaseExecute or ReleaseSession RPC hangs; "
+    + _HANGS_AT_EXIT,
+    targets=(_TRACK, _STOP, _CLOSE, _RELEASE),
+)
+LAYOUT_4_1 = replace(LAYOUT_4_0, name="4.1")
+LAYOUT_4_2 = replace(
+    LAYOUT_4_0,
+    name="4.2+",
+    symptom="stop() waits 10 s for each hung ReleaseExecute and forever for a hung "
+    "ReleaseSession (4.3: 10 min); " + _HANGS_AT_EXIT,
 )
 
 LAYOUTS = (LAYOUT_3_5, LAYOUT_4_0, LAYOUT_4_1, LAYOUT_4_2)
@@ -254,7 +281,7 @@ def shutdown_release_pool_nowait(layout: Layout) -> bool:
     finally:
         if acquired and lock is not None:
             lock.release()
-    if layout is LAYOUT_3_5:
+    if layout.pool_shutdown == "close":
         # multiprocessing.pool.ThreadPool: close() refuses new work and returns at once;
         # its workers are daemon threads, so nothing joins them at exit.
         pool.close()

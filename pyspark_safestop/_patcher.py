@@ -56,8 +56,11 @@ def is_safestop_wrapper(value: object) -> bool:
 class Patcher:
     """Applies the wrappers named by targets and reverts exactly what it applied."""
 
-    def __init__(self, roles: Mapping[str, WrapperFunction]) -> None:
+    def __init__(self, roles: Mapping[str, WrapperFunction], enabled: Callable[[], bool]) -> None:
+        """``roles`` maps a target's role to its wrapper; ``enabled`` tells wrapt, at each call,
+        whether the wrappers run or calls go straight to the original."""
         self._roles = dict(roles)
+        self._enabled = enabled
         self._records: dict[str, _Record] = {}
         self._lock = threading.RLock()
 
@@ -93,7 +96,7 @@ class Patcher:
                         "%s is already wrapped by pyspark-safestop; not wrapped again", key
                     )
                     continue
-                wrapper = SafestopWrapper(original, self._roles[target.role])
+                wrapper = SafestopWrapper(original, self._roles[target.role], enabled=self._enabled)
                 setattr(owner, target.attribute, wrapper)
                 self._records[key] = _Record(target, owner, had_own, original, wrapper)
                 done.append(key)

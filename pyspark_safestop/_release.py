@@ -1,4 +1,9 @@
-"""Stopping one session safely: release it on the server with a deadline, close its channel."""
+"""Stopping one session safely: release it on the server with a deadline, close its channel.
+
+:func:`release_and_close` is the one path every stop takes (the ``stop()`` wrapper, the exit
+hook and the public helper); the public helper alone validates its arguments and handles a
+shim that is not installed.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,44 @@ from . import _layouts
 from ._settings import validate_timeout
 from ._state import STATE
 
-__all__ = ["release_session_without_shutdown"]
+__all__ = ["release_and_close", "release_session_without_shutdown", "wants_release"]
 
 logger = logging.getLogger("pyspark_safestop")
+
+
+def wants_release(session: Any) -> bool:
+    """Return whether stopping ``session`` should release it on the server (as upstream would)."""
+    return bool(getattr(session, "release_session_on_close", True)) and (
+        _layouts.has_release_session_rpc(session.client)
+    )
+
+
+def release_and_close(client: Any, timeout: float, *, release: bool) -> bool:
+    """Release ``client``'s session on the server (if ``release``) within ``timeout`` seconds,
+    then close its channel; return whether the server confirmed the release.
+
+    A failed release is logged, not raised. A client already closed is left alone. The channel
+    is closed whatever happens, even on ``KeyboardInterrupt``: an open channel keeps its hung
+    RPCs (and a release-pool worker) alive, and nothing else would close it.
+    """
+    if _layouts.is_closed(client):
+        return False
+    released = False
+    try:
+        if release:
+            try:
+                _layouts.release_server_side(client, timeout)
+                released = True
+            except Exception as error:
+                logger.warning(
+                    "session %s could not be released on the server within %.3g s: %s",
+                    getattr(client, "_session_id", "?"),
+                    timeout,
+                    error,
+                )
+    finally:
+        _layouts.close_channel(client)
+    return released
 
 
 def release_session_without_shutdown(session: Any, timeout: float | None = None) -> bool:
@@ -44,26 +84,7 @@ def release_session_without_shutdown(session: Any, timeout: float | None = None)
             "release_session_without_shutdown() needs a Spark Connect SparkSession, "
             f"got {type(session).__name__}"
         )
-    released = False
-    if not _layouts.is_closed(client):
-        try:
-            wants_release = bool(getattr(session, "release_session_on_close", True))
-            if wants_release and _layouts.has_release_session_rpc(client):
-                try:
-                    _layouts.release_server_side(client, seconds)
-                    released = True
-                except Exception as error:
-                    logger.warning(
-                        "session %s could not be released on the server within %.3g s: %s",
-                        getattr(client, "_session_id", "?"),
-                        seconds,
-                        error,
-                    )
-        finally:
-            # Even on KeyboardInterrupt: an open channel keeps its hung RPCs (and a pool
-            # worker) alive, and the session is already marked stopped, so nothing else
-            # would close it and exit would hang.
-            _layouts.close_channel(client)
+    released = release_and_close(client, seconds, release=wants_release(session))
     if not STATE.installed:
         client.close = functools.partial(_layouts.close_channel, client)
     return released

@@ -25,7 +25,8 @@ __all__ = ["activate", "install", "is_installed", "status", "uninstall"]
 
 logger = logging.getLogger("pyspark_safestop")
 
-_PATCHER = Patcher(ROLES)
+# The wrappers run only while installed: a wrapper left behind by uninstall() passes through.
+_PATCHER = Patcher(ROLES, enabled=lambda: STATE.installed)
 _unknown_warned = threading.Event()
 
 

@@ -1,6 +1,7 @@
 """The wrappers put around Spark Connect's methods, in wrapt's ``(wrapped, instance, args,
-kwargs)`` form. Each one passes straight through while the shim is not installed, so a wrapper
-left behind (see ``Patcher.revert``) is inert.
+kwargs)`` form. wrapt calls them only while the shim is installed (the patcher creates them with
+``enabled=``); otherwise, and for a wrapper left behind by ``uninstall()``, calls go straight to
+upstream.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _layouts, _sessions
-from ._release import release_session_without_shutdown
+from ._release import release_and_close, wants_release
 from ._state import STATE
 
 __all__ = ["ROLES"]
@@ -25,7 +26,7 @@ def track_session(
 ) -> Any:
     """``SparkSession.__init__``: remember the session (weakly) for the exit path."""
     result = wrapped(*args, **kwargs)
-    if STATE.installed and instance is not None:
+    if instance is not None:
         _sessions.add(instance)
     return result
 
@@ -33,14 +34,16 @@ def track_session(
 def stop(wrapped: _Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``SparkSession.stop``: release with a deadline and close this channel, outside the
     class-level session lock; then let upstream do the rest (default/active session reset,
-    local-mode server shutdown), which now finds the client closed and so neither sends a
-    second, unbounded release nor touches the shared pool."""
-    if not STATE.installed or instance is None:
+    local-mode server shutdown), which finds the client closed and so neither sends a second,
+    unbounded release nor touches the shared pool."""
+    if instance is None:
         return wrapped(*args, **kwargs)
     if not _sessions.mark_stopped(instance):
         logger.debug("stop() of a session already stopped: nothing to do")
         return None
-    release_session_without_shutdown(instance, STATE.settings.release_timeout)
+    release_and_close(
+        instance.client, STATE.settings.release_timeout, release=wants_release(instance)
+    )
     return wrapped(*args, **kwargs)
 
 
@@ -48,7 +51,7 @@ def close(wrapped: _Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[
     """``SparkConnectClient.close``: close this client's channel only. Upstream would shut the
     process-global release pool down (waiting, under its class lock, up to 4.1) or wait 10 s on
     release futures (4.2+). Never locks or waits, so it is safe from ``__del__``."""
-    if not STATE.installed or instance is None:
+    if instance is None:
         return wrapped(*args, **kwargs)
     _layouts.close_channel(instance)
     return None
@@ -59,7 +62,7 @@ def release_session(
 ) -> Any:
     """``SparkConnectClient.release_session``: one attempt with the shim's deadline instead of
     upstream's retries with no deadline (or a 10-minute one on 4.3). Raises as upstream does."""
-    if not STATE.installed or instance is None:
+    if instance is None:
         return wrapped(*args, **kwargs)
     _layouts.release_server_side(instance, STATE.settings.release_timeout)
     return None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pyspark_safestop.ports import ephemeral_port_range, port_from_env
+from tests.foreign_user import ForeignUser
 from tests.ports_helpers import (
     EXIT_TIMEOUT,
     REPO_ROOT,
@@ -179,8 +180,10 @@ def test_kill_port_sigkills_after_the_timeout(procs: Processes) -> None:
     assert listener.wait() == -signal.SIGKILL
 
 
-def test_kill_port_refuses_another_users_listener(procs: Processes) -> None:
-    foreign = procs.listener(as_other_user=True)
+def test_kill_port_refuses_another_users_listener(
+    procs: Processes, foreign_user: ForeignUser
+) -> None:
+    foreign = procs.listener(user=foreign_user)
     result = run_cli("kill-port", str(foreign.port), "--timeout", "0")
     assert result.returncode == 1
     assert "refused" in result.stderr

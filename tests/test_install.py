@@ -6,6 +6,7 @@ the shim is the point, and a test process can only import them once.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -25,12 +26,9 @@ pytest.importorskip("grpc")
 # check that walks each attribute's wrapper chain (no attribute may carry two of ours).
 PRELUDE = """
 import json, sys, threading
-TARGETS = [
-    ("pyspark.sql.connect.session", "SparkSession", "__init__"),
-    ("pyspark.sql.connect.session", "SparkSession", "stop"),
-    ("pyspark.sql.connect.client.core", "SparkConnectClient", "close"),
-    ("pyspark.sql.connect.client.core", "SparkConnectClient", "release_session"),
-]
+from pyspark_safestop._layouts import LAYOUTS
+# Every attribute any line patches (derived from the layout table); absent ones are skipped.
+TARGETS = sorted({(t.module, t.cls, t.attribute) for layout in LAYOUTS for t in layout.targets})
 
 def attrs():
     out = {}
@@ -105,37 +103,156 @@ def assert_pristine(result: dict[str, Any]) -> None:
     assert all(result["restored"].values()), result["restored"]
 
 
-def test_import_pyspark_then_shim(tmp_path: Path) -> None:
-    result = run_script(
-        tmp_path,
-        """
-        import_connect(); ORIGINALS.update(attrs())
-        import pyspark_safestop
-        report()
-        """,
-    )
-    assert_patched_once(result)
+# -- every order of import / install / uninstall, generated ----------------------------------------
+
+#: Steps: import pyspark's Spark Connect client ("connect"), import the package (which activates
+#: the shim: "shim"), install(), uninstall(). The package is imported once, and the client once.
+STEPS_AFTER_SHIM = ("install", "uninstall")
+MAX_EXTRA_STEPS = 2
 
 
-def test_shim_then_import_pyspark(tmp_path: Path) -> None:
-    result = run_script(
-        tmp_path,
-        """
-        import pyspark_safestop
-        before = "pyspark" in sys.modules
-        pending = pyspark_safestop.status()
-        import_connect()
-        report(pyspark_imported_by_shim=before, pending=pending["patches"],
-               problem=pending["layout_problem"])
-        """,
+def _sequences() -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    for count in range(MAX_EXTRA_STEPS + 1):
+        for extra in itertools.product(STEPS_AFTER_SHIM, repeat=count):
+            base = ("shim", *extra)
+            for at in range(len(base) + 1):
+                found.append((*base[:at], "connect", *base[at:]))
+    return found
+
+
+SEQUENCES = _sequences()
+
+# One interpreter imports the heavy dependencies once, then forks a child per sequence: each
+# child imports pyspark's client and the package afresh, in the sequence's order.
+DRIVER = """
+import json, os, sys
+for heavy in ("numpy", "pandas", "pyarrow", "grpc", "google.protobuf", "wrapt"):
+    try:
+        __import__(heavy)
+    except ImportError:
+        pass
+
+def layers(value):
+    from pyspark_safestop._patcher import SafestopWrapper
+    count = 0
+    while value is not None:
+        count += isinstance(value, SafestopWrapper)
+        value = getattr(value, "__wrapped__", None)
+    return count
+
+def innermost(value):
+    while getattr(value, "__wrapped__", None) is not None:
+        value = value.__wrapped__
+    return value
+
+def run(sequence):
+    originals, seen = {}, {}
+    for step in sequence:
+        if step == "connect":
+            import pyspark.sql.connect.session  # noqa: F401
+            from pyspark_safestop import _layouts
+            layout = _layouts.detect_loaded()[0]
+            for target in layout.targets:
+                owner = getattr(sys.modules[target.module], target.cls)
+                originals[str(target)] = innermost(vars(owner)[target.attribute])
+        elif step == "shim":
+            seen["pyspark_before_shim"] = "pyspark" in sys.modules
+            import pyspark_safestop  # noqa: F401
+            seen["pyspark_imported_by_shim"] = (
+                "pyspark" in sys.modules and not seen["pyspark_before_shim"]
+            )
+        else:
+            getattr(sys.modules["pyspark_safestop"], step)()
+    import pyspark_safestop
+    from pyspark_safestop import _layouts
+    layout = _layouts.detect_loaded()[0]
+    attributes = {}
+    for target in layout.targets:
+        value = vars(getattr(sys.modules[target.module], target.cls))[target.attribute]
+        attributes[str(target)] = {
+            "layers": layers(value),
+            "original": value is originals[str(target)],
+        }
+    return {
+        "sequence": list(sequence),
+        "installed": pyspark_safestop.is_installed(),
+        "patches": pyspark_safestop.status()["patches"],
+        "targets": [str(target) for target in layout.targets],
+        "attributes": attributes,
+        **seen,
+    }
+
+for line in sys.stdin:
+    sequence = json.loads(line)
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            print(json.dumps(run(sequence)), flush=True)
+        except BaseException as error:
+            print(json.dumps({"sequence": sequence, "error": repr(error)}), flush=True)
+            code = 1
+        os._exit(code)
+    os.waitpid(pid, 0)
+"""
+
+
+@pytest.fixture(scope="module")
+def sequence_results(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], Any]:
+    """What every sequence left behind, from one driver interpreter."""
+    script = tmp_path_factory.mktemp("sequences") / "driver.py"
+    script.write_text(DRIVER)
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
+    child_env["PYTHONPATH"] = str(REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        input="".join(json.dumps(seq) + "\n" for seq in SEQUENCES),
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=600,
+        check=False,
     )
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return {tuple(result["sequence"]): result for result in results}
+
+
+def _expected_installed(sequence: tuple[str, ...]) -> bool:
+    installed = False
+    for step in sequence:
+        if step in ("shim", "install"):
+            installed = True
+        elif step == "uninstall":
+            installed = False
+    return installed
+
+
+@pytest.mark.parametrize("sequence", SEQUENCES, ids="-".join)
+def test_every_order_patches_once_or_restores_exactly(
+    sequence: tuple[str, ...], sequence_results: dict[tuple[str, ...], Any]
+) -> None:
+    result = sequence_results.get(sequence)
+    assert result is not None, f"the driver reported nothing for {sequence}"
+    assert "error" not in result, result
+    # Importing the package never imports pyspark.
     assert result["pyspark_imported_by_shim"] is False
-    assert result["pending"] == []
-    assert result["problem"] == "not-imported"
-    assert_patched_once(result)
+    # The targets come from the layout table, not from a list typed out here.
+    assert result["targets"], result
+    if _expected_installed(sequence):
+        assert result["installed"]
+        assert sorted(result["patches"]) == sorted(result["targets"])
+        assert all(a["layers"] == 1 for a in result["attributes"].values()), result
+    else:
+        assert not result["installed"]
+        assert result["patches"] == []
+        assert all(a["layers"] == 0 for a in result["attributes"].values()), result
+        assert all(a["original"] for a in result["attributes"].values()), result
 
 
-def test_install_twice_never_double_wraps(tmp_path: Path) -> None:
+def test_install_twice_updates_the_settings_only(tmp_path: Path) -> None:
     result = run_script(
         tmp_path,
         """
@@ -149,19 +266,19 @@ def test_install_twice_never_double_wraps(tmp_path: Path) -> None:
     assert result["timeout"] == 2
 
 
-def test_uninstall_restores_originals_exactly(tmp_path: Path) -> None:
+def test_shim_before_pyspark_waits_for_the_import(tmp_path: Path) -> None:
     result = run_script(
         tmp_path,
         """
-        import_connect(); ORIGINALS.update(attrs())
         import pyspark_safestop
-        pyspark_safestop.uninstall()
-        pyspark_safestop.uninstall()
-        report()
+        pending = pyspark_safestop.status()
+        import_connect()
+        report(pending=pending["patches"], problem=pending["layout_problem"])
         """,
     )
-    assert not result["installed"]
-    assert_pristine(result)
+    assert result["pending"] == []
+    assert result["problem"] == "not-imported"
+    assert_patched_once(result)
 
 
 def test_uninstall_install_cycles(tmp_path: Path) -> None:
@@ -176,20 +293,6 @@ def test_uninstall_install_cycles(tmp_path: Path) -> None:
         """,
     )
     assert_patched_once(result)
-
-
-def test_uninstall_before_import_leaves_pyspark_untouched(tmp_path: Path) -> None:
-    result = run_script(
-        tmp_path,
-        """
-        import pyspark_safestop
-        pyspark_safestop.uninstall()
-        import_connect()
-        report()
-        """,
-    )
-    assert not result["installed"]
-    assert_pristine(result)
 
 
 def test_concurrent_install_uninstall(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from pyspark_safestop.ports import (
     register_cleanup,
     release_port,
 )
+from tests.foreign_user import ForeignUser
 from tests.ports_helpers import (
     ALLOCATOR,
     CLEANUP_TARGET,
@@ -54,7 +55,6 @@ from tests.ports_helpers import (
     Processes,
     child_env,
     kill_identified,
-    other_user_prefix,
     private_leases,
     processes,
     read_line,
@@ -100,7 +100,6 @@ def _lease_is_free(port: int) -> bool:
     code = textwrap.dedent(
         f"""
         from pyspark_safestop import ports
-from pyspark_safestop._settings import MAX_TIMEOUT
         lease = ports._try_lease(ports.lease_directory(), {port})
         print("free" if lease is not None else "busy")
         if lease is not None:
@@ -633,8 +632,8 @@ def test_a_reused_pid_is_never_signalled(procs: Processes) -> None:
     assert listener.alive()
 
 
-def test_refuses_another_users_listener(procs: Processes) -> None:
-    foreign = procs.listener(as_other_user=True)
+def test_refuses_another_users_listener(procs: Processes, foreign_user: ForeignUser) -> None:
+    foreign = procs.listener(user=foreign_user)
     with pytest.raises(ForeignProcessError) as info:
         kill_process_on_port(foreign.port, timeout=0)
     assert info.value.pid == foreign.pid
@@ -645,11 +644,13 @@ def test_refuses_another_users_listener(procs: Processes) -> None:
         kill_process_on_port(foreign.port, dry_run=True)
 
 
-def test_one_foreign_listener_means_nothing_is_signalled(procs: Processes) -> None:
+def test_one_foreign_listener_means_nothing_is_signalled(
+    procs: Processes, foreign_user: ForeignUser
+) -> None:
     ours = procs.listener()
     # Same port on another loopback address, owned by someone else.
     try:
-        foreign = procs.listener(host="127.0.0.2", port=ours.port, as_other_user=True)
+        foreign = procs.listener(host="127.0.0.2", port=ours.port, user=foreign_user)
     except AssertionError as error:
         pytest.skip(f"could not listen on 127.0.0.2:{ours.port}: {error}")
     with pytest.raises(ForeignProcessError) as info:
@@ -659,8 +660,9 @@ def test_one_foreign_listener_means_nothing_is_signalled(procs: Processes) -> No
     assert foreign.alive()
 
 
-def test_listener_invisible_to_a_non_root_user_is_refused(procs: Processes) -> None:
-    prefix = other_user_prefix()
+def test_listener_invisible_to_a_non_root_user_is_refused(
+    procs: Processes, foreign_user: ForeignUser
+) -> None:
     ours = procs.listener()  # owned by root; nobody cannot see which process has the socket
     code = textwrap.dedent(
         f"""
@@ -673,11 +675,9 @@ def test_listener_invisible_to_a_non_root_user_is_refused(procs: Processes) -> N
             print("SIGNALLED")
         """
     )
-    child = procs.start([*prefix, sys.executable, "-c", code])
-    try:
-        line = read_line(child)
-    except AssertionError as error:
-        pytest.skip(f"the other user cannot import the library here: {error}")
+    env = foreign_user.env(child_env(), path=[foreign_user.package()])
+    child = procs.start(foreign_user.command([foreign_user.python, "-c", code]), env=env)
+    line = read_line(child)
     assert line.startswith("FOREIGN None "), line
     assert "root" in line
     assert ours.alive()

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +23,8 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.foreign_user import ForeignUser
+
 HELPERS = Path(__file__).resolve().parent
 REPO_ROOT = HELPERS.parent.parent
 LISTENER = HELPERS / "listener.py"
@@ -36,8 +36,6 @@ FORKER = HELPERS / "forker.py"
 STARTUP_TIMEOUT = 60.0
 #: Seconds allowed for a process that was signalled to finish.
 EXIT_TIMEOUT = 60.0
-
-OTHER_USER = "nobody"
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -154,44 +152,6 @@ def kill_identified(pid: int, create_time: float) -> None:
             proc.kill()
 
 
-def other_user_prefix() -> list[str]:
-    """The command prefix running this Python as ``nobody``, or skip the test with the reason."""
-    prefix = _switch_user_prefix()
-    probe = subprocess.run(
-        [*prefix, sys.executable, "-I", "-S", "-c", "print('ok')"],
-        capture_output=True,
-        text=True,
-        timeout=EXIT_TIMEOUT,
-        check=False,
-    )
-    if probe.stdout.strip() != "ok":
-        pytest.skip(f"{OTHER_USER} cannot run {sys.executable} here: {probe.stderr.strip()}")
-    return prefix
-
-
-def _switch_user_prefix() -> list[str]:
-    if os.geteuid() != 0:
-        pytest.skip("starting a process as another user needs root")
-    try:
-        entry = pwd.getpwnam(OTHER_USER)
-    except KeyError:
-        pytest.skip(f"no {OTHER_USER!r} user on this system")
-    setpriv = shutil.which("setpriv")
-    if setpriv:
-        return [
-            setpriv,
-            f"--reuid={entry.pw_uid}",
-            f"--regid={entry.pw_gid}",
-            "--clear-groups",
-            "--",
-        ]
-    runuser = shutil.which("runuser")
-    if runuser:
-        return [runuser, "-u", OTHER_USER, "--"]
-    pytest.skip("neither setpriv nor runuser is available to switch users")
-    raise AssertionError("unreachable")
-
-
 @dataclass
 class Listener:
     """A listener process started by a test."""
@@ -234,17 +194,26 @@ class Processes:
         *options: str,
         host: str = "127.0.0.1",
         port: int = 0,
-        as_other_user: bool = False,
+        user: ForeignUser | None = None,
     ) -> Listener:
-        """Start ``listener.py`` (port 0: the OS picks) and wait until it listens."""
-        prefix = other_user_prefix() if as_other_user else []
-        # -I -S: the other user may not be able to read this user's site-packages.
-        args = [*prefix, sys.executable, "-I", "-S", str(LISTENER), "--host", host]
-        proc = self.start([*args, "--port", str(port), *options])
+        """Start ``listener.py`` (port 0: the OS picks) and wait until it listens.
+
+        With ``user``, the listener runs as that user from a readable copy of the script:
+        the checkout itself may sit in a folder only its owner can enter.
+        """
+        arguments = ["--host", host, "--port", str(port), *options]
+        if user is None:
+            proc = self.start([sys.executable, "-I", "-S", str(LISTENER), *arguments])
+        else:
+            script = user.stage / LISTENER.name
+            if not script.exists():
+                user.copy(LISTENER)
+            # -I -S: standard library only, nothing of this user's environment needed.
+            argv = [user.python, "-I", "-S", str(script), *arguments]
+            proc = self.start(user.command(argv), env=user.env())
         line = read_line(proc)
         word, port_text, pid_text = line.split()
         assert word == "PORT", line
-        # setpriv execs, so pid == proc.pid; runuser may stay in between as the parent.
         pid = int(pid_text)
         return Listener(proc, int(port_text), pid, psutil.Process(pid).create_time())
 
