@@ -5,19 +5,52 @@ pyspark-safestop first, then prints one JSON object: whether the site-wide hook 
 whether the package (hence the shim) was activated by it, the pyspark version and the client's
 layout. Run as ``python _probe.py`` (a file: pyspark-client 4.2 exits under ``python -c``),
 with the interpreter flags of the caller.
+
+:func:`import_connect` is also what the pytest plugin's report header uses to import the client.
 """
 
+import json
 import os
 import sys
 
 # Run as a script, this file's folder (the package's) heads sys.path: drop it, so that nothing
-# is imported from here by its bare name.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+# is imported from here by its bare name. (Imported as a module, it leaves sys.path alone.)
+HERE = os.path.dirname(os.path.abspath(__file__))
+if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == HERE:
     del sys.path[0]
 
-import json
-
 BOOT = "_pyspark_safestop_boot"
+
+# The names of _layouts, which cannot be imported here before the findings are made (it would
+# activate the package); a test keeps the two in step.
+SESSION_MODULE = "pyspark.sql.connect.session"
+CLIENT_MODULE = "pyspark.sql.connect.client.core"
+_CLIENT_PACKAGES = (CLIENT_MODULE, CLIENT_MODULE.rpartition(".")[0])
+
+
+def _one_line(error: BaseException) -> str:
+    lines = f"{type(error).__name__}: {error}".splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def import_connect() -> "str | None":
+    """Import pyspark's Spark Connect session module, then its client module, as a script
+    would; return the first error as one line (``"Type: message"``), or ``None``.
+
+    A client module that does not exist is no error here: that distribution is built
+    otherwise, which the layout detection reports. ``SystemExit`` (pyspark's dependency check
+    exits in some set-ups) is an error like any other.
+    """
+    for name in (SESSION_MODULE, CLIENT_MODULE):
+        try:
+            __import__(name)
+        except ModuleNotFoundError as error:
+            if name == CLIENT_MODULE and error.name in _CLIENT_PACKAGES:
+                return None
+            return _one_line(error)
+        except (Exception, SystemExit) as error:
+            return _one_line(error)
+    return None
 
 
 def main() -> None:
@@ -27,12 +60,8 @@ def main() -> None:
         "boot_processed": BOOT in sys.modules,
         "boot_state": getattr(boot, "state", None) if boot is not None else None,
         "imported_before": "pyspark_safestop" in sys.modules,
-        "connect_error": None,
+        "connect_error": import_connect(),
     }
-    try:
-        import pyspark.sql.connect.session  # noqa: F401
-    except BaseException as error:  # an import error, or pyspark's dependency check exiting
-        found["connect_error"] = f"{type(error).__name__}: {error}".splitlines()[0]
     boot = sys.modules.get(BOOT)
     found["boot_state_after"] = getattr(boot, "state", None) if boot is not None else None
     found["activated"] = "pyspark_safestop" in sys.modules

@@ -9,12 +9,14 @@ Fixtures:
 
 ``spark_connect_server``
     Session-scoped: a real Spark Connect server started from the installed jars, on a port the
-    OS picks, bound to 127.0.0.1 with its driver, no UI. One per pytest-xdist worker; its log is
-    in pytest's temporary directory, and its tail is attached to the report of a failing test
-    that used it. Stopped by its PID at teardown.
+    OS picks, bound to 127.0.0.1 with its driver, no UI, usable only with its own random token,
+    stopped at teardown and never outliving the test process (see :mod:`._server`). One per
+    pytest-xdist worker; its log is in pytest's temporary directory, and its tail is attached
+    to the report of a failing test that used it.
 ``spark_connect_url``
-    Session-scoped: ``sc://HOST:PORT`` of that server, or the ``--safestop-remote`` URL (then no
-    server is started).
+    Session-scoped: ``sc://localhost:PORT/;token=TOKEN`` of that server, or the
+    ``--safestop-remote`` URL (then no server is started). On the 3.5 client line, a token
+    reaches a local server only through :func:`connect_session` and the session fixtures.
 ``spark`` / ``spark_per_class``
     A Spark Connect session on that URL for one test / one test class, stopped safely at
     teardown: through the shim, or, with the shim off, by :func:`stop_safely`.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +36,16 @@ from typing import Any, NoReturn
 
 import pytest
 
-from . import __version__, install, is_installed, release_session_without_shutdown, status
+from . import __version__, _layouts, install, is_installed, release_session_without_shutdown, status
+from ._probe import import_connect
 from ._server import SparkConnectServer, find_spark_home, java_available
-from ._settings import enabled_from_env, validate_timeout
+from ._settings import (
+    MAX_TIMEOUT,
+    SafestopWarning,
+    enabled_from_env,
+    environment_problems,
+    validate_timeout,
+)
 
 __all__ = [
     "ENV_REQUIRE_SERVER",
@@ -142,7 +152,7 @@ def _seconds(text: object, name: str) -> float:
         return validate_timeout(float(str(text)), name)
     except ValueError:
         raise pytest.UsageError(
-            f"{name} must be a positive number of seconds, got {text!r}"
+            f"{name} must be a positive number of seconds, at most {MAX_TIMEOUT:g}, got {text!r}"
         ) from None
 
 
@@ -211,13 +221,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def describe_shim() -> str:
-    """One line: whether the shim is active, on which pyspark version and client layout.
+    """One line: whether the shim is active, on which pyspark version and client layout, and
+    any environment variable whose bad value was replaced by its default.
 
-    Imports pyspark's Spark Connect client (when it is installed) to tell its layout.
+    Imports pyspark's Spark Connect client (when it is installed) to tell its layout. Never
+    raises, whatever pyspark looks like.
     """
-    # SystemExit too: pyspark's dependency check exits in some set-ups; a header must not.
-    with contextlib.suppress(Exception, SystemExit):
-        import pyspark.sql.connect.session  # noqa: F401
+    # Errors (SystemExit too: pyspark's dependency check exits in some set-ups) are reported.
+    error = import_connect()
     info = status()
     if info["installed"]:
         state = f"active (activated by {info['activated_by']})"
@@ -230,12 +241,16 @@ def describe_shim() -> str:
         where = "pyspark not installed"
     elif info["layout"] is not None:
         where = f"pyspark {version}, layout {info['layout']}"
+    elif error is not None:
+        where = f"pyspark {version}, Spark Connect client not importable ({error})"
     elif info["layout_problem"] == "unknown":
         where = f"pyspark {version}, Spark Connect client not recognised (left untouched)"
     else:
         where = f"pyspark {version}, Spark Connect client not importable"
     timeout = info["settings"]["release_timeout"]
-    return f"pyspark-safestop {__version__}: {state}; {where}; release timeout {timeout:g} s"
+    line = f"pyspark-safestop {__version__}: {state}; {where}; release timeout {timeout:g} s"
+    # Here too, because a warning about them may have gone to the logger (warnings as errors).
+    return "".join([line, *(f"; bad setting: {problem}" for problem in environment_problems())])
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -283,16 +298,15 @@ def stop_safely(session: Any) -> None:
 def connect_session(url: str) -> Iterator[Any]:
     """A new Spark Connect session on ``url``, stopped safely on leaving the block.
 
-    For a fixture of another scope::
+    A ``;token=`` in the URL is sent on every client line, 3.5 included (see
+    :func:`pyspark_safestop._layouts.session_builder`). For a fixture of another scope::
 
         @pytest.fixture(scope="module")
         def spark_module(spark_connect_url):
             with connect_session(spark_connect_url) as session:
                 yield session
     """
-    from pyspark.sql.connect.session import SparkSession
-
-    session = SparkSession.builder.remote(url).create()
+    session = _layouts.session_builder(url).create()
     try:
         yield session
     finally:
@@ -327,12 +341,15 @@ def spark_connect_server(
             "--safestop-spark-home / PYSPARK_SAFESTOP_SPARK_HOME at a Spark distribution",
         )
     log_path: Path = tmp_path_factory.mktemp("spark-connect-server") / "server.log"
-    server = SparkConnectServer(
-        home,
-        log_path=log_path,
-        start_timeout=settings.start_timeout,
-        extra_conf=settings.server_conf,
-    )
+    try:
+        server = SparkConnectServer(
+            home,
+            log_path=log_path,
+            start_timeout=settings.start_timeout,
+            extra_conf=settings.server_conf,
+        )
+    except ValueError as error:
+        raise pytest.UsageError(f"--safestop-server-conf / safestop_server_conf: {error}") from None
     config.stash[_SERVER] = server
     try:
         server.start()
@@ -344,12 +361,32 @@ def spark_connect_server(
 
 @pytest.fixture(scope="session")
 def spark_connect_url(request: pytest.FixtureRequest) -> str:
-    """``sc://HOST:PORT`` of the server the fixtures use."""
+    """The URL the fixtures use: the local server's, with its token, or ``--safestop-remote``."""
     settings = request.config.stash[_SETTINGS]
     if settings.remote:
         return settings.remote
     server: SparkConnectServer = request.getfixturevalue("spark_connect_server")
+    _warn_if_token_needs_channel_builder()
     return server.url
+
+
+_warned_token_url = False
+
+
+def _warn_if_token_needs_channel_builder() -> None:
+    # Once per process: every test of a 3.5 suite asks for the URL.
+    global _warned_token_url
+    with contextlib.suppress(Exception, SystemExit):
+        if _warned_token_url or not _layouts.token_needs_channel_builder():
+            return
+        _warned_token_url = True
+        warnings.warn(
+            "pyspark 3.5 sends a token only over TLS: SparkSession.builder.remote(url) cannot "
+            "reach the local server with spark_connect_url; use the spark and spark_per_class "
+            "fixtures or pyspark_safestop.plugin.connect_session(url)",
+            SafestopWarning,
+            stacklevel=2,
+        )
 
 
 @pytest.fixture

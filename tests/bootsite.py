@@ -4,6 +4,7 @@ tests/activation/test_boot_paths.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import sys
 import sysconfig
 import textwrap
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +50,17 @@ def report(**extra):
 """
 
 
+def load_boot() -> ModuleType:
+    """The checkout's boot module, loaded under another name (an installed copy may be loaded
+    in this process under its own)."""
+    spec = importlib.util.spec_from_file_location("boot_under_test", BOOT_DIR / FILES[0])
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_site_dir(tmp_path: Path) -> Path:
     """A folder holding a copy of the wheel's start-up files."""
     folder = tmp_path / "site"
@@ -57,8 +70,11 @@ def make_site_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def run(site: Path, body: str, *, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run PRELUDE + body with ``python -S``; return the last JSON line and stderr."""
+def run(
+    site: Path, body: str, *, env: dict[str, str] | None = None, flags: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Run PRELUDE + body with ``python -S`` (and ``flags``); return the last JSON line and
+    stderr."""
     script = site.parent / "case.py"
     # A file, not `python -c`: pyspark-client 4.2's dependency check exits under -c.
     script.write_text(PRELUDE + textwrap.dedent(body))
@@ -67,7 +83,7 @@ def run(site: Path, body: str, *, env: dict[str, str] | None = None) -> dict[str
     child_env.update(env or {})
     purelib = sysconfig.get_paths()["purelib"]
     proc = subprocess.run(
-        [sys.executable, "-S", str(script), str(site), purelib],
+        [sys.executable, "-S", *flags, str(script), str(site), purelib],
         capture_output=True,
         text=True,
         env=child_env,

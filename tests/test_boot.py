@@ -7,48 +7,20 @@ environment), which then processes a folder holding the wheel's three start-up f
 
 from __future__ import annotations
 
-import importlib.util
-import warnings
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from pyspark_safestop import _layouts, _settings
-from tests.bootsite import BOOT_DIR, FILES, HEAVY, run
+from pyspark_safestop import _layouts
+from tests.bootsite import BOOT_DIR, HEAVY, load_boot, run
 
-
-def _load_boot() -> ModuleType:
-    # From the checkout, under another name: an installed copy may be loaded in this process.
-    spec = importlib.util.spec_from_file_location("boot_under_test", BOOT_DIR / FILES[0])
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-boot = _load_boot()
+boot = load_boot()
 
 # -- in step with the package -------------------------------------------------------------------
 
 
 def test_watches_the_modules_the_package_patches() -> None:
     assert frozenset(_layouts.WATCHED_MODULES) == boot.WATCHED_MODULES
-
-
-@pytest.mark.parametrize(
-    "value", [None, "", "0", "1", "false", "False", " off ", "no", "disable", "yes", "maybe"]
-)
-def test_switch_reads_like_the_package(value: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    if value is None:
-        monkeypatch.delenv(boot.ENV_ENABLED, raising=False)
-    else:
-        monkeypatch.setenv(boot.ENV_ENABLED, value)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", _settings.SafestopWarning)  # "maybe" warns, once
-        expected = _settings.enabled_from_env()
-    assert boot.enabled() is expected
 
 
 def test_start_file_names_the_boot_function() -> None:
@@ -105,12 +77,16 @@ def test_switch_off_leaves_no_hook(site_dir: Path, value: str) -> None:
     assert (result["state"], result["finders"]) == ("disabled", 0)
 
 
-def test_missing_boot_module_does_not_stop_start_up(site_dir: Path) -> None:
-    # A broken install: site reports the failed line (its own message) and carries on.
+def test_missing_boot_module_costs_one_line(site_dir: Path) -> None:
+    # A half-removed install: the .pth is left without its module. Every interpreter of the
+    # environment (pip's too) processes it, so a traceback there would be everywhere.
     (site_dir / "_pyspark_safestop_boot.py").unlink()
     result = run(site_dir, "process_site()\nreport(state=boot_state())\n")
     assert result["state"] is None
-    assert "_pyspark_safestop_boot" in result["stderr"]
+    lines = result["stderr"].splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("pyspark-safestop: not activated (ModuleNotFoundError: ")
+    assert lines[0].endswith(f"delete {site_dir / 'pyspark_safestop.pth'}")
 
 
 def test_error_in_boot_is_one_line_once(site_dir: Path) -> None:
@@ -154,3 +130,33 @@ def test_importing_pyspark_activates_the_shim_through_the_pth(
     assert result["layout"] == client_layout
     expected = {str(target) for target in _layouts.LAYOUTS[0].targets}
     assert expected <= set(result["patches"])  # SparkSession.__init__/stop, client close
+
+
+# `-W error`, except for the DeprecationWarnings some client lines raise at their own import.
+WARNINGS_AS_ERRORS = ("-W", "error", "-W", "ignore::DeprecationWarning")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("PYSPARK_SAFESTOP", "maybe"), ("PYSPARK_SAFESTOP_RELEASE_TIMEOUT", "nan")]
+)
+def test_warnings_as_errors_and_a_bad_value_still_activate(
+    site_dir: Path, client_layout: str, name: str, value: str
+) -> None:
+    # The warning about the bad value cannot be shown (it would raise): the log says it.
+    result = run(
+        site_dir,
+        """
+        import logging; logging.basicConfig(format="log: %(message)s")
+        process_site(); with_pyspark()
+        from pyspark.sql.connect.session import SparkSession
+        import pyspark_safestop
+        status = pyspark_safestop.status()
+        report(state=boot_state(), activated_by=status["activated_by"], layout=status["layout"],
+               timeout=status["settings"]["release_timeout"])
+        """,
+        env={name: value},
+        flags=WARNINGS_AS_ERRORS,
+    )
+    assert (result["state"], result["activated_by"]) == ("fired", "pth"), result["stderr"]
+    assert (result["layout"], result["timeout"]) == (client_layout, 5.0)
+    assert f"log: {name}={value!r}" in result["stderr"]
