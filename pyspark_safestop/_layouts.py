@@ -39,9 +39,12 @@ __all__ = [
     "has_release_session_rpc",
     "installed_pyspark_version",
     "is_closed",
+    "pyspark_package_dirs",
     "release_on_exit",
     "release_server_side",
+    "session_builder",
     "shutdown_release_pool_nowait",
+    "token_needs_channel_builder",
 ]
 
 SESSION_MODULE = "pyspark.sql.connect.session"
@@ -179,6 +182,21 @@ def detect_loaded() -> tuple[Layout | None, str]:
 _VERSION_RE = re.compile(r"""__version__\s*(?::\s*str\s*)?=\s*["']([^"']+)["']""")
 
 
+def pyspark_package_dirs() -> list[str]:
+    """Return the folders of the installed ``pyspark`` package, found without importing it.
+
+    Empty when pyspark is not installed; never raises.
+    """
+    try:
+        spec = importlib.util.find_spec("pyspark")
+    except (ImportError, ValueError):
+        # ValueError: a module object without a spec is already in sys.modules.
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [str(folder) for folder in spec.submodule_search_locations]
+
+
 def installed_pyspark_version() -> str | None:
     """Return the installed ``pyspark`` module's version without importing pyspark.
 
@@ -189,13 +207,7 @@ def installed_pyspark_version() -> str | None:
     version = getattr(module, "__version__", None) if module is not None else None
     if isinstance(version, str):
         return version
-    try:
-        spec = importlib.util.find_spec("pyspark")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
+    for folder in pyspark_package_dirs():
         try:
             with open(f"{folder}/version.py", encoding="utf-8") as handle:
                 match = _VERSION_RE.search(handle.read())
@@ -288,3 +300,84 @@ def shutdown_release_pool_nowait(layout: Layout) -> bool:
     else:
         pool.shutdown(wait=False, cancel_futures=True)
     return True
+
+
+# -- sending a token to a local server ----------------------------------------------------------
+
+
+def token_needs_channel_builder() -> bool:
+    """Whether the installed client line ignores a ``;token=`` URL on a plain local channel.
+
+    4.0+ clients send the token over local credentials when the URL's host is ``localhost``
+    (their channel builder is ``DefaultChannelBuilder``). 3.5 sends a token only over TLS, so
+    a ``remote(url)`` with a token cannot reach a plain local server there. Imports pyspark's
+    Spark Connect client.
+    """
+    from pyspark.sql.connect.client import core
+
+    return not hasattr(core, "DefaultChannelBuilder")
+
+
+def session_builder(url: str) -> Any:
+    """Return a ``SparkSession.Builder`` for ``url`` that sends its token on every client line.
+
+    On 4.0+ this is ``builder.remote(url)``. On 3.5, for a ``sc://localhost:PORT/;token=...``
+    URL, the builder gets a channel builder that sends the token over gRPC local credentials
+    (which gRPC allows on loopback connections only), as 4.0+ does by itself.
+    """
+    from pyspark.sql.connect.session import SparkSession
+
+    builder = SparkSession.builder
+    if not token_needs_channel_builder() or ";token=" not in url:
+        return builder.remote(url)
+    channel_builder = _local_token_channel_builder(url)
+    if channel_builder is None:
+        return builder.remote(url)
+    return builder.channelBuilder(channel_builder)
+
+
+def _local_token_channel_builder(url: str) -> Any:
+    import grpc
+    from pyspark.sql.connect.client import core
+
+    class LocalTokenChannelBuilder(core.ChannelBuilder):  # type: ignore[misc]
+        """3.5's channel builder, with 4.0's local-credentials path for a token."""
+
+        def toChannel(self) -> Any:
+            token = self.params[core.ChannelBuilder.PARAM_TOKEN]
+            credentials = grpc.composite_channel_credentials(
+                grpc.local_channel_credentials(), grpc.access_token_call_credentials(token)
+            )
+            return grpc.secure_channel(
+                f"{self.host}:{self.port}", credentials, options=self._channel_options
+            )
+
+    built = LocalTokenChannelBuilder(url)
+    # Anything but localhost keeps 3.5's own behaviour (TLS), as 4.0+ does.
+    if built.host != "localhost" or core.ChannelBuilder.PARAM_TOKEN not in built.params:
+        return None
+    return built
+
+
+def server_address(client: Any) -> str:
+    """Return ``host:port`` of the client's server (never its URL, which may hold a token)."""
+    builder = getattr(client, "_builder", None)
+    try:
+        return str(builder.endpoint)
+    except Exception:
+        return "?"
+
+
+def replace_channel(client: Any, layout: Layout, channel: Any) -> None:
+    """Make ``client`` talk through ``channel`` (a wrapper of its own channel): every stub the
+    client holds is rebuilt on it. Closing the wrapper closes the client's real channel."""
+    import pyspark.sql.connect.proto.base_pb2_grpc as grpc_lib
+
+    for path in layout.stubs:
+        *parents, name = path.split(".")
+        owner = client
+        for parent in parents:
+            owner = getattr(owner, parent, None)
+        if owner is not None and hasattr(owner, name):
+            setattr(owner, name, grpc_lib.SparkConnectServiceStub(channel))
+    client._channel = channel

@@ -1,8 +1,9 @@
 """``serve``: run a local Spark Connect server until Ctrl-C or SIGTERM, then stop it cleanly.
 
-The server runs in its own process group (so a Ctrl-C in the terminal reaches this process, not
-the JVM); this process stops it by its PID on SIGINT, SIGTERM or SIGHUP, also while it is still
-starting, so no JVM is left behind.
+The server runs in a session of its own (so a Ctrl-C in the terminal reaches this process, not
+the JVM); this process stops it on SIGINT, SIGTERM or SIGHUP, also while it is still starting.
+Killed outright, this process still leaves no JVM behind: the server's launcher stops it (see
+:mod:`._server`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ logger = logging.getLogger("pyspark_safestop")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: How often the wait checks that the server is still alive.
 _POLL_SECONDS = 0.5
+#: Log lines quoted when a server with a temporary log exits by itself.
+_TAIL_LINES = 40
 
 
 class Interrupted(BaseException):
@@ -54,6 +57,7 @@ def serve(server: SparkConnectServer, on_ready: Callable[[SparkConnectServer], N
     ``RuntimeError`` when it cannot start. Must run in the main thread (signal handlers).
     """
     stopped_by: int | None = None
+    exit_report = ""
     try:
         with _signals_raise():
             server.start()  # interrupted by a signal, it stops what it started and re-raises
@@ -61,6 +65,12 @@ def serve(server: SparkConnectServer, on_ready: Callable[[SparkConnectServer], N
             idle = threading.Event()  # never set: a wait a signal handler can interrupt
             while server.running:
                 idle.wait(_POLL_SECONDS)
+            # Read now: a temporary log is removed with the server's folder at stop.
+            exit_report = (
+                f"the end of its log:\n{server.log_tail(_TAIL_LINES)}"
+                if server.log_is_temporary
+                else f"see {server.log_path}"
+            )
     except Interrupted as interrupted:
         stopped_by = interrupted.signum
     finally:
@@ -73,7 +83,7 @@ def serve(server: SparkConnectServer, on_ready: Callable[[SparkConnectServer], N
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     if stopped_by is None:
-        logger.warning("the Spark Connect server exited by itself; see %s", server.log_path)
+        logger.warning("the Spark Connect server exited by itself; %s", exit_report)
         return 1
     logger.info("stopped on %s", signal.Signals(stopped_by).name)
     return 0

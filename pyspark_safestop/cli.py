@@ -10,13 +10,12 @@ A new subcommand is an ``_add_<name>(subparsers)`` function that builds its pars
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
+import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -239,10 +238,11 @@ def _add_serve(subparsers: _Subparsers) -> None:
         help="run a local Spark Connect server until Ctrl-C or SIGTERM",
         description=(
             "Start a real Spark Connect server from the installed jars on a free loopback port "
-            "(the OS picks it), with its driver on 127.0.0.1 and no UI; print its sc:// URL on "
-            "stdout once it accepts connections; stop it (by its PID, with its process group) "
-            "on Ctrl-C, SIGTERM or SIGHUP. Exit status 1 when it cannot start or exits by "
-            "itself."
+            "(the OS picks it), with its driver on 127.0.0.1 and no UI, usable only with a "
+            "fresh random token; print its URL, token included (sc://localhost:PORT/;token=...), "
+            "on stdout once it accepts connections; stop it on Ctrl-C, SIGTERM or SIGHUP. The "
+            "server never outlives this command, even when it is killed. Exit status 1 when it "
+            "cannot start or exits by itself."
         ),
     )
     parser.add_argument(
@@ -257,7 +257,8 @@ def _add_serve(subparsers: _Subparsers) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra Spark conf, repeatable (e.g. spark.connect.grpc.binding.port=15002)",
+        help="extra Spark conf, repeatable (e.g. spark.connect.grpc.binding.port=15002); "
+        "the bind addresses and the token cannot be changed",
     )
     parser.add_argument(
         "--start-timeout",
@@ -270,7 +271,8 @@ def _add_serve(subparsers: _Subparsers) -> None:
         "--log",
         type=Path,
         metavar="FILE",
-        help="write the server's log here (default: a temporary folder, removed at the end)",
+        help="write the server's log here, created readable by you only; a symbolic link is "
+        "refused (default: a private temporary folder, removed at the end)",
     )
     parser.set_defaults(handler=_serve_command)
 
@@ -287,29 +289,36 @@ def _serve_command(args: argparse.Namespace) -> int:
             "or set PYSPARK_SAFESTOP_SPARK_HOME",
         )
         return EXIT_REFUSED
-    with contextlib.ExitStack() as stack:
-        log = args.log
-        if log is None:
-            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="pyspark-safestop-"))
-            log = Path(folder) / "server.log"
+    try:
         server = SparkConnectServer(
-            home, log_path=log, start_timeout=args.start_timeout, extra_conf=dict(args.conf)
+            home, log_path=args.log, start_timeout=args.start_timeout, extra_conf=dict(args.conf)
+        )
+    except ValueError as error:
+        _error("serve", error)
+        return EXIT_USAGE
+
+    def ready(started: SparkConnectServer) -> None:
+        print(started.url, flush=True)
+        # The token goes to stdout only: stderr often ends up in logs.
+        where = "a temporary log" if started.log_is_temporary else f"log: {started.log_path}"
+        print(
+            f"{PROG} serve: Spark Connect server pid {started.pid} on localhost:{started.port} "
+            f"({where}); its URL, with its token, is on stdout; Ctrl-C or SIGTERM stops it",
+            file=sys.stderr,
+            flush=True,
         )
 
-        def ready(started: SparkConnectServer) -> None:
-            print(started.url, flush=True)
-            print(
-                f"{PROG} serve: Spark Connect server pid {started.pid} on {started.url} "
-                f"(log: {started.log_path}); Ctrl-C or SIGTERM stops it",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        try:
-            return _serve.serve(server, ready)
-        except RuntimeError as error:
+    try:
+        return _serve.serve(server, ready)
+    except (RuntimeError, ValueError, OSError) as error:
+        if isinstance(error, BrokenPipeError):
+            # Nobody reads the URL, so nobody can use the server (already stopped): say so,
+            # and let the exit's flush of stdout go nowhere instead of failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _error("serve", "stdout was closed before the URL could be written; stopped")
+        else:
             _error("serve", error)
-            return EXIT_REFUSED
+        return EXIT_REFUSED
 
 
 # -- the command ------------------------------------------------------------------------------
