@@ -26,7 +26,8 @@ def test_spark_runs_queries_on_the_session_server(
     spark: Any, spark_connect_url: str, spark_connect_server: SparkConnectServer
 ) -> None:
     assert spark_connect_url == spark_connect_server.url
-    assert spark_connect_url.startswith("sc://127.0.0.1:")
+    port, token = spark_connect_server.port, spark_connect_server.token
+    assert spark_connect_url == f"sc://localhost:{port}/;token={token}"
     assert spark.range(7).count() == 7
 
 

@@ -1,0 +1,318 @@
+"""The servers this project starts on a shared machine: only their owner can use them, they listen
+on loopback only, they never outlive their owner, and their files are private.
+
+Another local user is played by ``nobody`` (``tests/foreign_user.py``); owners are killed with a
+real SIGKILL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from pyspark_safestop._server import (
+    SparkConnectServer,
+    find_spark_home,
+    open_private_log,
+)
+from tests.foreign_user import ForeignUser
+
+pytestmark = pytest.mark.server
+
+REPO = Path(__file__).resolve().parent.parent
+#: Seconds a killed owner's JVM may take to disappear.
+GONE_WITHIN = 10.0
+#: Only detects a hang.
+HANG = 300.0
+
+STRANGER = """
+import json, sys
+
+from pyspark.sql.connect.client import core
+from pyspark.sql.connect.session import SparkSession
+
+port, marker = sys.argv[1], sys.argv[2]
+urls = [f"sc://127.0.0.1:{port}", f"sc://localhost:{port}"]
+if hasattr(core, "DefaultChannelBuilder"):  # 4.0+: a guessed token, sent over local credentials
+    urls.append(f"sc://localhost:{port}/;token=guessed")
+outcome = {}
+for url in urls:
+    try:
+        session = SparkSession.builder.remote(url).create()
+        rows = session.sql(f"SELECT TRANSFORM(1) USING 'touch {marker}' AS (o)").collect()
+        outcome[url] = f"ran: {rows!r}"
+    except Exception as error:
+        outcome[url] = f"refused: {str(error)[:400]}"
+print(json.dumps(outcome))
+"""
+
+
+def transform_touching(path: Path) -> str:
+    """A query that runs a shell command on the server: it creates ``path``."""
+    return f"SELECT TRANSFORM(1) USING 'touch {path}' AS (o)"
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def gone(pid: int, within: float = GONE_WITHIN) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def listeners(pid: int) -> list[tuple[int, str, int]]:
+    found = []
+    for process in process_tree(pid):
+        try:
+            connections = process.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        for conn in connections:
+            if conn.status == psutil.CONN_LISTEN:
+                found.append((process.pid, conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+@pytest.fixture(scope="module")
+def spark_home() -> Path:
+    home = find_spark_home()
+    if home is None:
+        pytest.skip("no Spark jars (set PYSPARK_SAFESTOP_SPARK_HOME)")
+    return home
+
+
+# -- owner only ---------------------------------------------------------------------------------
+
+
+def test_the_owner_runs_commands_and_a_stranger_is_refused(
+    spark: Any,
+    spark_connect_server: SparkConnectServer,
+    foreign_user: ForeignUser,
+    tmp_path: Path,
+) -> None:
+    # The owner's session works, commands included: what the stranger tries would work.
+    owned = tmp_path / "owner-ran-it"
+    spark.sql(transform_touching(owned)).collect()
+    assert owned.exists()
+
+    marker = tmp_path / "stranger-ran-it"
+    script = tmp_path / "stranger.py"
+    script.write_text(STRANGER)
+    copy = foreign_user.copy(script)
+    result = foreign_user.run(
+        [foreign_user.python, str(copy), str(spark_connect_server.port), str(marker)],
+        env=foreign_user.env(),
+        timeout=HANG,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    for url, what in outcome.items():
+        assert what.startswith("refused:"), (url, what)
+    assert any("UNAUTHENTICATED" in what for what in outcome.values()), outcome
+    assert not marker.exists()
+
+
+def test_the_token_is_in_no_command_line_log_environment_or_repr(
+    spark: Any, spark_connect_server: SparkConnectServer
+) -> None:
+    assert spark.range(3).count() == 3
+    token = spark_connect_server.token
+    assert len(token) >= 22  # at least 128 bits in URL-safe base64
+    assert f";token={token}" in spark_connect_server.url
+    for process in psutil.process_iter():
+        try:
+            command = "\0".join(process.cmdline())
+        except psutil.Error:
+            continue
+        assert token not in command, (process.pid, process.name())
+    assert token not in spark_connect_server.log_path.read_text(errors="replace")
+    assert token not in repr(spark_connect_server)
+    assert token not in "\0".join(f"{k}={v}" for k, v in os.environ.items())
+
+
+def test_extra_conf_cannot_move_a_bind_or_set_the_token(spark_home: Path) -> None:
+    for key, value in [
+        ("spark.connect.grpc.binding.address", "0.0.0.0"),
+        ("spark.driver.bindAddress", "0.0.0.0"),
+        ("spark.connect.authenticate.token", "mine"),
+    ]:
+        with pytest.raises(ValueError, match=key):
+            SparkConnectServer(spark_home, extra_conf={key: value})
+
+
+# -- loopback only, private files -----------------------------------------------------------------
+
+
+def test_every_listener_is_on_loopback_and_the_folder_is_private(
+    spark_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPARK_LOCAL_IP", "0.0.0.0")
+    server = SparkConnectServer(
+        spark_home, log_path=tmp_path / "server.log", extra_conf={"spark.ui.enabled": "true"}
+    )
+    with server:
+        found = listeners(server.pid)
+        ports = {port for _, _, port in found}
+        assert server.port in ports, found
+        assert len(ports) >= 3, found  # gRPC, the driver's RPC and block manager, the UI
+        assert [entry for entry in found if not is_loopback(entry[1])] == []
+        workdir = Path(psutil.Process(server.pid).cwd())
+        assert workdir != tmp_path
+        assert stat.S_IMODE(workdir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((tmp_path / "server.log").stat().st_mode) == 0o600
+    assert not workdir.exists()
+
+
+def test_the_log_is_never_opened_through_a_symlink_nor_a_strangers_file(tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    link = tmp_path / "server.log"
+    link.symlink_to(target)
+    with pytest.raises(ValueError, match="symbolic link"):
+        open_private_log(link)
+    assert target.read_text() == "keep me"
+    if os.geteuid() == 0:
+        planted = tmp_path / "planted.log"
+        planted.write_text("theirs")
+        os.chown(planted, 65534, 65534)
+        with pytest.raises(ValueError, match="another user"):
+            open_private_log(planted)
+        assert planted.read_text() == "theirs"
+
+
+# -- never outliving the owner --------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def test_sigkill_of_serve_leaves_no_jvm() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyspark_safestop", "serve"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("sc://localhost:"), proc.stderr.read() if proc.stderr else ""
+        (jvm,) = [p for p in process_tree(proc.pid) if p.name() == "java"]
+        workdir = Path(jvm.cwd())
+        proc.kill()
+        proc.wait(timeout=HANG)
+        assert gone(jvm.pid), f"JVM {jvm.pid} outlived its SIGKILLed owner"
+        assert gone_path(workdir)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def gone_path(path: Path, within: float = GONE_WITHIN) -> bool:
+    deadline = time.monotonic() + within
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not path.exists()
+
+
+HOLDING_SUITE = """
+import json, os, time
+from pathlib import Path
+
+
+def test_hold(spark_connect_server):
+    Path(os.environ["HOLD_FILE"]).write_text(
+        json.dumps({"server": spark_connect_server.pid, "owner": os.getpid()})
+    )
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def holding_run(tmp_path: Path) -> tuple[Path, list[str], dict[str, str]]:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_hold.py").write_text(textwrap.dedent(HOLDING_SUITE))
+    env = _env()
+    env["HOLD_FILE"] = str(tmp_path / "hold.json")
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "pyspark_safestop.plugin",
+        "-p",
+        "no:cacheprovider",
+    ]
+    return suite, argv, env
+
+
+@pytest.mark.parametrize("who", ["pytest", "xdist-worker"])
+def test_sigkill_of_a_pytest_process_holding_the_fixture_leaves_no_jvm(
+    who: str, holding_run: tuple[Path, list[str], dict[str, str]]
+) -> None:
+    if who == "xdist-worker":
+        pytest.importorskip("xdist")
+    suite, argv, env = holding_run
+    hold = Path(env["HOLD_FILE"])
+    extra = ["-n", "1"] if who == "xdist-worker" else []
+    proc = subprocess.Popen(
+        [*argv, *extra, str(suite)],
+        cwd=suite,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + HANG
+        while not hold.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert hold.exists(), "the inner run never got its server"
+        held = json.loads(hold.read_text())
+        owner = psutil.Process(held["owner"])
+        assert (owner.pid == proc.pid) == (who == "pytest")
+        assert psutil.Process(held["server"]).name() == "java"
+        owner.kill()
+        assert gone(held["server"]), f"JVM {held['server']} outlived its SIGKILLed {who}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
