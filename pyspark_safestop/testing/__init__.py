@@ -1,0 +1,17 @@
+"""Tools to prove that a Spark Connect test suite survives the RPCs that hang.
+
+- :mod:`~pyspark_safestop.testing.faults`: :class:`FaultProxy`, a gRPC proxy in front of a
+  real Spark Connect server that hangs, delays or fails chosen RPCs (every call, every k-th
+  one, or the ones carrying a marker such as a SQL text) and can drop every connection.
+  Needs ``grpcio`` (``pip install pyspark-safestop[testing]``).
+- :mod:`~pyspark_safestop.testing.relay`: :class:`TcpRelay`, which can blackhole a
+  connection (no bytes either way, nothing closed).
+- :mod:`~pyspark_safestop.testing.catalogue`: the scenarios in which upstream's client hangs,
+  with their faults and bounds, as a catalogue you can run (:func:`run_case`).
+- :mod:`~pyspark_safestop.testing.scenario`: the program that runs one scenario in a child
+  interpreter; :mod:`~pyspark_safestop.testing.child`: its protocol and steps, for workers
+  of your own; :mod:`~pyspark_safestop.testing.runner`: the parent side (:func:`run_events`,
+  :func:`child_env`, :func:`kill_group`).
+
+Importing this package imports neither grpc nor pyspark.
+"""

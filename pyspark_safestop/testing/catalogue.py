@@ -1,0 +1,428 @@
+"""The catalogue: every scenario in which upstream's Spark Connect client hangs or drags, with
+the fault it is run with, the bounds pyspark-safestop keeps to, and the frames in which
+upstream's threads park for good.
+
+One table, :data:`CASES`, for the regression tests (``tests/test_regressions.py``) and the
+fault matrix (``benchmarks/fault_matrix.py``) alike. :func:`run_case` runs one case in a
+fresh interpreter, through the fault it needs, and :meth:`Case.problems` says what broke its
+bounds. A suite of your own can run it against its server::
+
+    from pyspark_safestop.testing.catalogue import CASES, run_case
+
+    run = run_case(CASES["stop_release_execute_hung"], spark_connect_url, shim=True)
+    assert not CASES["stop_release_execute_hung"].problems(run), run.describe()
+
+With ``shim=False`` (upstream), a run whose thread parks in one of the case's
+:attr:`Case.hangs_in` frames is ended as soon as the child's watchdog shows it, instead of
+being waited out: the stack is the proof of the hang.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pyspark_safestop.testing.runner import HangSignature, Run, run_events, scenario_command
+
+__all__ = [
+    "CASES",
+    "EXIT_BOUND",
+    "RELEASE_TIMEOUT",
+    "RUN_TIMEOUT",
+    "STOP_BOUND",
+    "WATCHDOG",
+    "Case",
+    "Check",
+    "run_case",
+]
+
+#: The shim's release timeout in these runs (seconds); the bounds are built on it.
+RELEASE_TIMEOUT = 1.0
+#: A stop that took longer than this did not "return promptly". Generous: the benchmarks
+#: measure the real figures; this only separates prompt from upstream's waits and hangs.
+STOP_BOUND = 2.0
+#: Seconds from a scenario's last event to its interpreter's exit.
+EXIT_BOUND = 4.0
+#: The hard backstop: a run still going this long after its first event is called hung. A
+#: longer one can only make a slow machine pass; it never lets an upstream run pass.
+RUN_TIMEOUT = 90.0
+#: Seconds without progress after which the child prints every thread's stack.
+WATCHDOG = 3.0
+
+#: A check reads a run and returns what is wrong with it (nothing: it passed).
+Check = Callable[[Run], list[str]]
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+
+def _stopped(run: Run, label: str) -> float | None:
+    event = run.find("stopped", label=label)
+    if event is None or event.get("returned") is False:
+        return None
+    return float(event["seconds"])
+
+
+def stop_within(label: str, bound: float) -> Check:
+    """The stop labelled ``label`` returned within ``bound`` seconds."""
+
+    def check(run: Run) -> list[str]:
+        event = run.find("stopped", label=label)
+        if event is None:
+            return [f"stop ({label}) never returned"]
+        if event.get("returned") is False:
+            return [f"stop ({label}) still running after {event['seconds']} s"]
+        if event["seconds"] > bound:
+            return [f"stop ({label}) took {event['seconds']} s > {bound} s"]
+        return []
+
+    return check
+
+
+def next_session_works(run: Run) -> list[str]:
+    """The scenario's last new session ran its first query."""
+    return [] if run.find("next_session_ok") else ["the next session's first query never ran"]
+
+
+def all_within(name: str, key: str, bound: float, count: int = 1) -> Check:
+    """At least ``count`` events ``name``, none hung, their ``key`` all within ``bound``."""
+
+    def check(run: Run) -> list[str]:
+        found = run.all(name)
+        if len(found) < count:
+            return [f"only {len(found)} of {count} '{name}' events"]
+        slow = [e for e in found if e.get(key, 0) > bound or e.get("hung")]
+        return [f"{name}: {key} {e.get(key)} s > {bound} s" for e in slow]
+
+    return check
+
+
+def field_is(name: str, key: str, value: Any) -> Check:
+    """Event ``name`` has ``key == value``."""
+
+    def check(run: Run) -> list[str]:
+        event = run.find(name)
+        if event is None:
+            return [f"no '{name}' event"]
+        return [] if event.get(key) == value else [f"{name}: {key} = {event.get(key)!r}"]
+
+    return check
+
+
+def interrupted_promptly(run: Run) -> list[str]:
+    """The SIGINT (sent 0.5 s into stop()) surfaced as a KeyboardInterrupt within 1 s (in
+    stop(), or just after it where stop() returned sooner)."""
+    event = run.find("interrupted")
+    if event is None:
+        return ["the KeyboardInterrupt never surfaced"]
+    if event["seconds"] > 1.5:
+        return [f"the KeyboardInterrupt surfaced {event['seconds'] - 0.5:.1f} s after the signal"]
+    return []
+
+
+# -- what a cell of the matrix shows ------------------------------------------------------------
+
+
+def _metric_stop(label: str) -> Callable[[Run], float | None]:
+    return lambda run: _stopped(run, label)
+
+
+def _metric_event(name: str, key: str = "seconds") -> Callable[[Run], float | None]:
+    def metric(run: Run) -> float | None:
+        values = [float(e[key]) for e in run.all(name) if key in e and not e.get("hung")]
+        return max(values) if values else None
+
+    return metric
+
+
+def _metric_exit(run: Run) -> float | None:
+    return run.exit_delay
+
+
+def _metric_max(*metrics: Callable[[Run], float | None]) -> Callable[[Run], float | None]:
+    def metric(run: Run) -> float | None:
+        values = [v for v in (m(run) for m in metrics) if v is not None]
+        return max(values, default=None)
+
+    return metric
+
+
+# -- where upstream parks for good --------------------------------------------------------------
+
+#: 4.0 and 4.1: close() shuts the shared release pool down waiting, joining a worker stuck in
+#: a ReleaseExecute that never ends.
+POOL_SHUTDOWN_JOINS: HangSignature = ("ThreadPoolExecutor.shutdown", "Thread.join")
+#: 3.5: the same with multiprocessing's ThreadPool.
+POOL_JOINS: HangSignature = ("ExecutePlanResponseReattachableIterator.shutdown", "Pool.join")
+#: 4.x: stop() waits, under SparkSession's class-level lock, on a ReleaseSession RPC without
+#: a deadline (4.3: ten minutes).
+RELEASE_SESSION_RPC: HangSignature = ("SparkConnectClient.release_session", "grpc._channel")
+#: 4.0+: stop() retries ReleaseSession against a server that is gone, for minutes.
+RELEASE_SESSION_RETRIES: HangSignature = ("SparkConnectClient.release_session", "Retrying")
+#: 4.0+: at exit, threading's hook joins the release pool's workers, one stuck in an RPC on a
+#: channel nobody closed.
+EXIT_JOINS_WORKERS: HangSignature = ("threading._shutdown", "_python_exit", "Thread.join")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scenario under one fault, with what it must show and where upstream parks."""
+
+    title: str
+    #: The function of :mod:`pyspark_safestop.testing.scenario` that runs it.
+    scenario: str
+    #: The bound in words (the fault matrix's "bound" column).
+    bound: str
+    #: The figure a cell shows (seconds), read from the run.
+    metric: Callable[[Run], float | None]
+    checks: tuple[Check, ...]
+    #: Methods the fault proxy hangs for the whole run.
+    hang: tuple[str, ...] = ("ReleaseExecute",)
+    #: "proxy" (the fault proxy; its "kill-server" checkpoint kills it), "relay" (the TCP
+    #: relay: "blackhole" and "heal"), or "restart" (straight to a server the caller
+    #: restarts at the "restart-server" checkpoint).
+    transport: Literal["proxy", "relay", "restart"] = "proxy"
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: Client layouts on which upstream is not broken by this fault.
+    upstream_passes_on: frozenset[str] = frozenset()
+    #: Frames that prove upstream's hang: a thread parked in one of them never comes back.
+    hangs_in: tuple[HangSignature, ...] = ()
+    #: The hard backstop for this case (seconds after the run's first event).
+    timeout: float = RUN_TIMEOUT
+    #: Part of the regression tests (the others need a server restart or take minutes).
+    regression: bool = True
+    #: Not the shim's to bound (with the reason): outside its bound is not the shim's failure.
+    limitation: str = ""
+
+    def problems(self, run: Run) -> list[str]:
+        """Everything that broke the case's bounds in ``run`` (empty: it passed)."""
+        if run.hung:
+            found = [run.how_it_hung()]
+        else:
+            found = []
+            if run.returncode != 0:
+                found.append(f"exit status {run.returncode}")
+            if run.find("done") is None:
+                found.append("never reached the end of the scenario")
+            if run.exit_delay is None or run.exit_delay > EXIT_BOUND:
+                found.append(f"exit took {run.exit_delay} s > {EXIT_BOUND:g} s after the work")
+        for check in self.checks:
+            found += check(run)
+        return found
+
+
+_RT = {"PYSPARK_SAFESTOP_RELEASE_TIMEOUT": f"{RELEASE_TIMEOUT:g}"}
+_STOP = f"stop ≤ {STOP_BOUND:g} s"
+_STOP_RT = f"stop ≤ {RELEASE_TIMEOUT + STOP_BOUND:g} s (release timeout {RELEASE_TIMEOUT:g} s)"
+
+#: Every case, by name.
+CASES: dict[str, Case] = {
+    "seed_chain": Case(
+        "the seed's fixture chain, ReleaseExecute hung",
+        "seed_chain",
+        _STOP + " (in a daemon thread, 5 s join), next session works",
+        _metric_stop("first"),
+        (stop_within("first", STOP_BOUND), next_session_works),
+        hangs_in=(POOL_SHUTDOWN_JOINS, POOL_JOINS),
+    ),
+    "stop_release_execute_hung": Case(
+        "stop(), ReleaseExecute hung",
+        "plain_stop",
+        _STOP,
+        _metric_stop("first"),
+        (stop_within("first", STOP_BOUND), next_session_works),
+        hangs_in=(POOL_SHUTDOWN_JOINS, POOL_JOINS),
+    ),
+    "stop_release_session_hung": Case(
+        "stop(), ReleaseSession hung",
+        "plain_stop",
+        _STOP_RT,
+        _metric_stop("first"),
+        (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
+        hang=("ReleaseSession",),
+        env=_RT,
+        upstream_passes_on=frozenset({"3.5"}),
+        hangs_in=(RELEASE_SESSION_RPC,),
+    ),
+    "gc_orphans": Case(
+        "orphaned sessions garbage-collected, ReleaseExecute hung",
+        "gc_orphans",
+        f"each gc.collect() ≤ {STOP_BOUND:g} s",
+        _metric_event("collected"),
+        (all_within("collected", "seconds", STOP_BOUND, 3), next_session_works),
+        hangs_in=(POOL_SHUTDOWN_JOINS, POOL_JOINS),
+    ),
+    "exit_unstopped": Case(
+        "exit, unstopped session, ReleaseExecute hung",
+        "exit_unstopped",
+        f"exit ≤ {EXIT_BOUND:g} s",
+        _metric_exit,
+        (),
+        upstream_passes_on=frozenset({"3.5"}),
+        hangs_in=(EXIT_JOINS_WORKERS,),
+    ),
+    "concurrent_stops": Case(
+        "16 threads stop 16 sessions, ReleaseExecute hung",
+        "concurrent_stops",
+        f"all ≤ {4 * STOP_BOUND:g} s",
+        _metric_event("stopped"),
+        (
+            all_within("stopped", "seconds", 4 * STOP_BOUND),
+            field_is("stopped", "returned", 16),
+            next_session_works,
+        ),
+        hangs_in=(POOL_SHUTDOWN_JOINS, POOL_JOINS),
+    ),
+    "server_killed": Case(
+        "server gone before stop()",
+        "server_killed",
+        _STOP_RT,
+        _metric_stop("first"),
+        (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND),),
+        hang=(),
+        env=_RT,
+        hangs_in=(RELEASE_SESSION_RPC, RELEASE_SESSION_RETRIES),
+    ),
+    "double_stop": Case(
+        "stop() twice, ReleaseExecute hung",
+        "double_stop",
+        _STOP + " each",
+        _metric_max(_metric_stop("first"), _metric_stop("second")),
+        (stop_within("first", STOP_BOUND), stop_within("second", STOP_BOUND), next_session_works),
+        hangs_in=(POOL_SHUTDOWN_JOINS, POOL_JOINS),
+    ),
+    "interrupt_during_stop": Case(
+        "KeyboardInterrupt during stop() (ReleaseSession and ReleaseExecute hung)",
+        "interrupt_during_stop",
+        "interrupt surfaces ≤ 1 s after the signal, next session works, exit ≤ 4 s",
+        _metric_exit,
+        (interrupted_promptly, next_session_works),
+        hang=("ReleaseSession", "ReleaseExecute"),
+        env={"PYSPARK_SAFESTOP_RELEASE_TIMEOUT": "3"},
+        hangs_in=(POOL_SHUTDOWN_JOINS, POOL_JOINS, RELEASE_SESSION_RPC, EXIT_JOINS_WORKERS),
+    ),
+    "blackhole": Case(
+        "connection blackholed (no bytes either way)",
+        "blackhole",
+        _STOP_RT + ", next session works once healed",
+        _metric_stop("first"),
+        (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
+        hang=(),
+        transport="relay",
+        env=_RT,
+        hangs_in=(RELEASE_SESSION_RPC, RELEASE_SESSION_RETRIES),
+        regression=False,
+    ),
+    "iterate_during_stop": Case(
+        "stop() while another thread iterates a result",
+        "iterate_during_stop",
+        _STOP_RT + "; the iterating thread ends ≤ 5 s",
+        _metric_max(_metric_stop("first"), _metric_event("reader_ended")),
+        (
+            stop_within("first", RELEASE_TIMEOUT + STOP_BOUND),
+            all_within("reader_ended", "seconds", 5.0),
+            next_session_works,
+        ),
+        hang=(),
+        env=_RT,
+        regression=False,
+    ),
+    "fork_after_use": Case(
+        "os.fork() after use; the child makes its own session",
+        "fork_after_use",
+        "child done and exited ≤ 15 s (code 0); parent stop ≤ 2 s",
+        _metric_event("child_ended"),
+        (
+            all_within("child_ended", "seconds", 15.0),
+            field_is("child_ended", "code", 0),
+            stop_within("first", STOP_BOUND),
+            next_session_works,
+        ),
+        hang=(),
+        env=_RT,
+        regression=False,
+        limitation=(
+            "gRPC does not support a forked child using gRPC state inherited from its parent; "
+            "the child can block at exit, with or without the shim (README: Limitations)"
+        ),
+    ),
+    "restart_same_port": Case(
+        "server restarted on the same port between sessions",
+        "restart_same_port",
+        _STOP_RT + ", next session works",
+        _metric_stop("first"),
+        (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
+        hang=(),
+        transport="restart",
+        env=_RT,
+        # All of this case's runs wait at one barrier for one restart: on a loaded 2-core
+        # machine their first sessions alone can take a minute.
+        timeout=150.0,
+        regression=False,
+    ),
+    "loop_100_hung": Case(
+        "100 sessions created and stopped, ReleaseExecute hung throughout",
+        "loop_100_hung",
+        f"each stop ≤ {STOP_BOUND:g} s, all 100 ≤ 100 s",
+        _metric_event("loop_done"),
+        (
+            all_within("loop_done", "slowest", STOP_BOUND),
+            all_within("loop_done", "seconds", 100.0),
+            next_session_works,
+        ),
+        hangs_in=(POOL_SHUTDOWN_JOINS, POOL_JOINS),
+        timeout=180.0,
+        regression=False,
+    ),
+}
+
+
+def run_case(
+    case: Case,
+    upstream: str,
+    *,
+    shim: bool,
+    python: str | None = None,
+    actions: Mapping[str, Callable[[], None]] | None = None,
+    timeout: float | None = None,
+    label: str | None = None,
+    stderr_path: Path | None = None,
+) -> Run:
+    """Run ``case`` once in a fresh interpreter (``python``, default this one), with the shim
+    on or off, against the server at ``upstream`` (its ``sc://`` URL).
+
+    The fault proxy or the TCP relay is put in front of the server as the case says; for a
+    "restart" case the caller restarts the server through ``actions["restart-server"]``.
+    """
+    interpreter = python or sys.executable
+    mode = "shim" if shim else "upstream"
+    name = label or f"{case.scenario} [{mode}; {', '.join(case.hang) or case.transport}]"
+
+    def go(url: str, steps: Mapping[str, Callable[[], None]]) -> Run:
+        return run_events(
+            scenario_command(interpreter, case.scenario, url, watchdog=WATCHDOG),
+            shim=shim,
+            timeout=timeout or case.timeout,
+            env=case.env,
+            on_checkpoint={**steps, **(actions or {})},
+            hangs_in=case.hangs_in,
+            label=name,
+            stderr_path=stderr_path,
+        )
+
+    if case.transport == "relay":
+        from pyspark_safestop.testing.relay import TcpRelay
+
+        with TcpRelay(upstream) as relay:
+            return go(relay.url, {"blackhole": relay.blackhole, "heal": relay.heal})
+    if case.transport == "restart":
+        return go(upstream, {})
+    from pyspark_safestop.testing.faults import FaultProxy  # needs grpcio
+
+    with FaultProxy(upstream) as proxy:
+        for method in case.hang:
+            proxy.hang(method)
+        return go(proxy.url, {"kill-server": proxy.kill})
