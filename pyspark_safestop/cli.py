@@ -24,6 +24,7 @@ import psutil
 
 from . import _doctor, _serve, ports
 from ._server import SparkConnectServer, find_spark_home, java_available
+from .ports._checks import check_timeout, parse_port
 
 __all__ = ["build_parser", "main"]
 
@@ -42,7 +43,7 @@ _Subparsers = Any
 def _port(text: str) -> int:
     # The parser of port_from_env: a port reads the same on the command line and in a variable.
     try:
-        return ports.parse_port(text)
+        return parse_port(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -157,7 +158,7 @@ def _add_kill_port(subparsers: _Subparsers) -> None:
 def _kill_timeout(text: str) -> float:
     # The bounds of kill_process_on_port, checked while parsing: a usage error naming the text.
     try:
-        return ports._check_timeout(float(text), "--timeout")
+        return check_timeout(float(text), "--timeout")
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"bad timeout {text!r}: {error}") from None
 

@@ -21,7 +21,7 @@ from pyspark_safestop._server import SparkConnectServer
 from tests.bootsite import make_site_dir
 from tests.foreign_user import foreign_user
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests.ports_helpers"]  # the latter: the port tests' fixtures
 
 __all__ = ["foreign_user"]  # a fixture: tests that act as another local user
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,21 +15,9 @@ from tests.ports_helpers import (
     REPO_ROOT,
     Processes,
     child_env,
-    private_leases,
-    processes,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _private_leases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with private_leases(tmp_path_factory) as path:
-        yield path
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as tracked:
-        yield tracked
+pytestmark = pytest.mark.usefixtures("private_port_leases")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

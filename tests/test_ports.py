@@ -7,6 +7,8 @@ test starts is ended at teardown through its own process group, never by name or
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -33,6 +35,8 @@ from pyspark_safestop.ports import (
     ProcessInfo,
     ProtectedProcessError,
     UnexpectedProcessError,
+    _allocation,
+    _kill,
     allocate_free_port,
     ephemeral_port_range,
     kill_process_on_port,
@@ -55,8 +59,6 @@ from tests.ports_helpers import (
     Processes,
     child_env,
     kill_identified,
-    private_leases,
-    processes,
     read_line,
     wait_gone,
 )
@@ -70,16 +72,7 @@ NO_SUCH_COMMAND = "no process has this in its command line 7f3c9e"
 BAD_PORTS = [0, -1, 65536, 10**6, 1.5, 8080.0, "8080", None, True, False, [8080]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _private_leases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with private_leases(tmp_path_factory) as path:
-        yield path
-
-
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    with processes() as tracked:
-        yield tracked
+pytestmark = pytest.mark.usefixtures("private_port_leases")
 
 
 @pytest.fixture
@@ -99,11 +92,11 @@ def _lease_is_free(port: int) -> bool:
     """Whether another process could lease ``port`` now (asked in a fresh interpreter)."""
     code = textwrap.dedent(
         f"""
-        from pyspark_safestop import ports
-        lease = ports._try_lease(ports.lease_directory(), {port})
+        from pyspark_safestop.ports import _allocation, lease_directory
+        lease = _allocation._try_lease(lease_directory(), {port})
         print("free" if lease is not None else "busy")
         if lease is not None:
-            ports._drop(lease)
+            _allocation._drop(lease)
         """
     )
     out = subprocess.run(
@@ -239,7 +232,7 @@ def test_allocation_skips_a_port_someone_listens_on(monkeypatch: pytest.MonkeyPa
         free = allocate_free_port()
         release_port(free)
         offered = iter([taken, free])
-        monkeypatch.setattr(ports, "_pick", lambda ranges, total: next(offered))
+        monkeypatch.setattr(_allocation, "_pick", lambda ranges, total: next(offered))
         assert allocate_free_port() == free
         release_port(free)
 
@@ -308,13 +301,17 @@ def test_default_lease_directory_in_the_temporary_folder(default_location: Path)
         assert (expected / f"{port}.lock").exists()
 
 
-def test_default_lease_directory_prefers_a_private_runtime_dir(
-    default_location: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def runtime_dir(default_location: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private ``XDG_RUNTIME_DIR``, as a login session provides (``/run/user/<uid>``)."""
     runtime = tmp_path / "run-user"
     runtime.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    expected = runtime / "pyspark-safestop" / "ports"
+    return runtime
+
+
+def test_default_lease_directory_prefers_a_private_runtime_dir(runtime_dir: Path) -> None:
+    expected = runtime_dir / "pyspark-safestop" / "ports"
     assert lease_directory() == expected
     _assert_private(expected, expected.parent)
 
@@ -353,14 +350,9 @@ def test_squatted_default_directory_is_refused(default_location: Path) -> None:
     _assert_refused(squatted, f"uid {NOBODY}")
 
 
-def test_squatted_directory_in_the_runtime_dir_is_refused(
-    default_location: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    runtime = tmp_path / "run-user"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    _squat(runtime / "pyspark-safestop")
-    _assert_refused(runtime / "pyspark-safestop", f"uid {NOBODY}")
+def test_squatted_directory_in_the_runtime_dir_is_refused(runtime_dir: Path) -> None:
+    _squat(runtime_dir / "pyspark-safestop")
+    _assert_refused(runtime_dir / "pyspark-safestop", f"uid {NOBODY}")
 
 
 def test_lease_directory_of_another_user_is_refused(lease_dir: Path) -> None:
@@ -609,13 +601,13 @@ def test_refuses_an_ancestor(procs: Processes) -> None:
 
 def test_refuses_pid_1_and_signals_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     init = ProcessInfo(1, 0.0, os.getuid(), os.getuid(), "us", ("/sbin/init",))
-    monkeypatch.setattr(ports, "_listening_pids", lambda port: ({1}, []))
-    monkeypatch.setattr(ports, "_process_info", lambda pid: init)
+    monkeypatch.setattr(_kill, "listening_pids", lambda port: ({1}, []))
+    monkeypatch.setattr(_kill, "process_info", lambda pid: init)
 
     def no_signals(*args: object) -> bool:
         raise AssertionError("a signal was about to be sent")
 
-    monkeypatch.setattr(ports, "_send", no_signals)
+    monkeypatch.setattr(_kill, "_send", no_signals)
     with pytest.raises(ProtectedProcessError, match="PID 1 or lower"):
         kill_process_on_port(12345)
 
@@ -624,12 +616,21 @@ def test_a_reused_pid_is_never_signalled(procs: Processes) -> None:
     listener = procs.listener()
     (info,) = listeners_on_port(listener.port)
     # The same PID with another start time: what a recycled PID looks like.
-    stale = ProcessInfo(
-        info.pid, info.create_time - 100, info.uid, info.euid, info.owner, info.cmdline
-    )
-    assert ports._send(stale, signal.SIGTERM) is False
-    assert ports._end([stale], 0.1, listener.port) == []
+    stale = dataclasses.replace(info, create_time=info.create_time - 100)
+    assert _kill._handle(stale) is None
+    assert _kill.end([stale], 0.1, listener.port) == []
     assert listener.alive()
+
+
+def test_a_process_gone_since_it_was_checked_is_not_signalled(procs: Processes) -> None:
+    listener = procs.listener()
+    (info,) = listeners_on_port(listener.port)
+    handle = _kill._handle(info)
+    assert handle is not None
+    listener.proc.kill()  # our own unreaped child: its PID is still ours to signal
+    assert listener.wait() == -signal.SIGKILL
+    # Reaped: its PID is free, or another process's, whose start time differs.
+    assert _kill._send(handle, info, signal.SIGTERM) is False
 
 
 def test_refuses_another_users_listener(procs: Processes, foreign_user: ForeignUser) -> None:
@@ -692,74 +693,66 @@ def test_refusals_are_permission_errors() -> None:
 # -- register_cleanup -------------------------------------------------------------------------
 
 
-def _cleanup_target(procs: Processes, *args: str) -> tuple[Child, int, float]:
+@contextlib.contextmanager
+def _cleanup_target(procs: Processes, *args: str) -> Iterator[tuple[Child, int, float]]:
+    """Start ``cleanup_target.py``; yield it with its listener's PID and start time.
+
+    Once the target is reaped its process group is no longer certainly ours: a listener the
+    cleanup under test left running is ended here, by PID and start time.
+    """
     target = procs.start([sys.executable, str(CLEANUP_TARGET), *args])
-    word, _port, pid, created = read_line(target).split()
+    word, _port, pid_text, created_text = read_line(target).split()
     assert word == "READY"
-    return target, int(pid), float(created)
+    pid, created = int(pid_text), float(created_text)
+    try:
+        yield target, pid, created
+    finally:
+        kill_identified(pid, created)
 
 
 @pytest.mark.parametrize("scope", ["port", "pid"])
 def test_cleanup_at_normal_exit(procs: Processes, scope: str) -> None:
-    target, pid, created = _cleanup_target(procs, scope, "exit")
-    try:
+    with _cleanup_target(procs, scope, "exit") as (target, pid, created):
         assert target.wait(timeout=EXIT_TIMEOUT) == 0
         assert wait_gone(pid, created)
-    finally:
-        kill_identified(pid, created)
 
 
 @pytest.mark.parametrize("scope", ["port", "pid"])
 def test_cleanup_on_sigterm_then_default_action(procs: Processes, scope: str) -> None:
-    target, pid, created = _cleanup_target(procs, scope, "wait")
-    try:
+    with _cleanup_target(procs, scope, "wait") as (target, pid, created):
         target.send_signal(signal.SIGTERM)
         assert target.wait(timeout=EXIT_TIMEOUT) == -signal.SIGTERM
         assert wait_gone(pid, created)
-    finally:
-        kill_identified(pid, created)
 
 
 def test_cleanup_on_sigint_then_keyboard_interrupt(procs: Processes) -> None:
-    target, pid, created = _cleanup_target(procs, "port", "wait")
-    try:
+    with _cleanup_target(procs, "port", "wait") as (target, pid, created):
         target.send_signal(signal.SIGINT)
         target.wait(timeout=EXIT_TIMEOUT)
         assert "KeyboardInterrupt" in target.stderr_text()
         assert wait_gone(pid, created)
-    finally:
-        kill_identified(pid, created)
 
 
 def test_cleanup_chains_the_previous_handler(procs: Processes) -> None:
-    target, pid, created = _cleanup_target(procs, "pid", "wait", "--previous-handler")
-    try:
+    with _cleanup_target(procs, "pid", "wait", "--previous-handler") as (target, pid, created):
         target.send_signal(signal.SIGTERM)
         assert read_line(target) == f"previous handler called with {signal.SIGTERM.value}"
         assert target.wait(timeout=EXIT_TIMEOUT) == 3
         assert wait_gone(pid, created)
-    finally:
-        kill_identified(pid, created)
 
 
 def test_an_ignored_sigterm_stays_ignored(procs: Processes) -> None:
-    target, pid, created = _cleanup_target(procs, "port", "wait", "--ignore-term")
-    try:
+    with _cleanup_target(procs, "port", "wait", "--ignore-term") as (target, pid, created):
         target.send_signal(signal.SIGTERM)
         with pytest.raises(subprocess.TimeoutExpired):
             target.wait(timeout=1)
         assert not wait_gone(pid, created, timeout=0.5)
-    finally:
-        kill_identified(pid, created)
 
 
 def test_unregistered_cleanup_does_not_run(procs: Processes) -> None:
-    target, pid, created = _cleanup_target(procs, "port", "exit", "--unregister")
-    try:
+    with _cleanup_target(procs, "port", "exit", "--unregister") as (target, pid, created):
         assert target.wait(timeout=EXIT_TIMEOUT) == 0
         assert not wait_gone(pid, created, timeout=0.5)
-    finally:
-        kill_identified(pid, created)
 
 
 def test_register_cleanup_validates() -> None:

@@ -1,5 +1,8 @@
 """Real processes for the port tests: listeners, possibly as another user, ended at teardown.
 
+Also a pytest plugin (registered in ``tests/conftest.py``): the fixtures ``procs`` and
+``private_port_leases``.
+
 Every process is started in its own session, so its PID is also its process group. A tracked
 process is ended by its process group only while it is still unreaped (a PID, and so the group,
 cannot be reused before then), which also ends anything it forked.
@@ -228,9 +231,9 @@ class Processes:
             proc.finish()
 
 
-@contextlib.contextmanager
-def private_leases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Point the lease directory (here and in helpers) at a fresh directory while active.
+@pytest.fixture(scope="module")
+def private_port_leases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point the lease directory (here and in helpers) at a fresh one for a test module.
 
     Another test run on the same machine shares the user's default directory: it could lease
     a port a test has just released and expects to find free.
@@ -241,9 +244,9 @@ def private_leases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield path
 
 
-@contextlib.contextmanager
-def processes() -> Iterator[Processes]:
-    """A :class:`Processes` whose processes are all ended on exit."""
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    """A :class:`Processes` whose processes are all ended at teardown."""
     tracked = Processes()
     try:
         yield tracked
