@@ -27,6 +27,7 @@ from ._settings import (
     ENV_ENABLED,
     ENV_RELEASE_TIMEOUT,
     enabled_from_env,
+    environment_problems,
     release_timeout_from_env,
 )
 
@@ -79,8 +80,8 @@ def decide(
             True,
             False,
             active,
-            f"pyspark {pyspark_version}'s Spark Connect client cannot be imported here "
-            f"({connect_error}): nothing to fix until it can",
+            f"pyspark {pyspark_version}'s Spark Connect client cannot be imported: "
+            f"{connect_error} (nothing to fix until it can)",
         )
     if layout is None or layout not in KNOWN_PROBLEMS:
         what = "not recognised" if layout_problem == "unknown" or layout else "not inspected"
@@ -219,7 +220,8 @@ def diagnose() -> dict[str, Any]:
     plugin_active, plugin_text = _plugin_state(entry_point)
     pth_active, pth_text = _pth_state(files, probe)
     verdict = decide(
-        pyspark_version=status.get("pyspark_version"),
+        pyspark_version=status.get("pyspark_version")
+        or ("(version unknown)" if probe.get("pyspark_imported") else None),
         connect_error=probe.get("connect_error"),
         layout=status.get("layout"),
         layout_problem=status.get("layout_problem"),
@@ -259,6 +261,7 @@ def diagnose() -> dict[str, Any]:
             "enabled": enabled_from_env(),
             ENV_RELEASE_TIMEOUT: os.environ.get(ENV_RELEASE_TIMEOUT),
             "release_timeout": release_timeout_from_env(),
+            "problems": environment_problems(),
             "spark_home": str(spark_home) if spark_home else None,
             "java": java_available(),
         },
@@ -316,6 +319,7 @@ def render(report: dict[str, Any]) -> str:
         ("server jars", settings["spark_home"] or "none found (serve and the fixtures need them)"),
         ("java", _yes(settings["java"])),
     ]
+    rows += [("bad setting", problem) for problem in settings.get("problems", [])]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     lines.append("")

@@ -154,22 +154,50 @@ def detect(reattach_cls: type, client_cls: type, session_cls: type | None = None
     return layout
 
 
-def detect_loaded() -> tuple[Layout | None, str]:
+def _executing(module: Any, ready: str | None) -> bool:
+    """Whether ``module`` is still executing (a circular import), its classes perhaps not yet
+    defined. The import system marks a module as initialising until its post-import hooks
+    have run: ``ready`` names the module whose hook is running, which has finished."""
+    if getattr(module, "__name__", None) == ready:
+        return False
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def detect_loaded(ready: str | None = None) -> tuple[Layout | None, str]:
     """Detect the layout from the modules already imported, without importing anything.
 
-    Returns ``(layout, "")``, or ``(None, reason)`` where the reason says whether the client
-    is simply not imported yet (empty-handed but normal) or has an unknown structure.
+    Returns ``(layout, "")``, or ``(None, reason)``: ``"not-imported"`` while the client is not
+    imported yet, or still executing (normal, the hooks try again), ``"unknown"`` for a client
+    that finished importing without a structure this module knows (classes missing or not
+    classes, a session module without the client module). ``ready`` names a module whose
+    post-import hook is running. Never raises, whatever the modules look like.
     """
+    try:
+        return _detect_loaded(ready)
+    except Exception:  # an attribute access that raises, in a module built otherwise
+        return None, "unknown"
+
+
+def _detect_loaded(ready: str | None) -> tuple[Layout | None, str]:
+    session_mod = sys.modules.get(SESSION_MODULE)
     client_mod = sys.modules.get(CLIENT_MODULE)
     reattach_mod = sys.modules.get(REATTACH_MODULE)
-    if client_mod is None or reattach_mod is None:
-        return None, "not-imported"
+    if client_mod is None:
+        # Every known line's session module imports the client module as it starts: a session
+        # module done without it comes from a distribution built otherwise.
+        finished = session_mod is not None and not _executing(session_mod, ready)
+        return None, "unknown" if finished else "not-imported"
     client_cls = getattr(client_mod, "SparkConnectClient", None)
-    reattach_cls = getattr(reattach_mod, "ExecutePlanResponseReattachableIterator", None)
+    reattach_cls = (
+        getattr(reattach_mod, "ExecutePlanResponseReattachableIterator", None)
+        if reattach_mod is not None
+        else None
+    )
     if not isinstance(client_cls, type) or not isinstance(reattach_cls, type):
-        # A module still executing (circular import) does not have its classes yet.
-        return None, "not-imported"
-    session_mod = sys.modules.get(SESSION_MODULE)
+        modules = (client_mod, reattach_mod)
+        if any(m is not None and _executing(m, ready) for m in modules):
+            return None, "not-imported"
+        return None, "unknown"
     session_cls = getattr(session_mod, "SparkSession", None) if session_mod else None
     layout = detect(
         reattach_cls, client_cls, session_cls if isinstance(session_cls, type) else None
@@ -201,8 +229,15 @@ def installed_pyspark_version() -> str | None:
     """Return the installed ``pyspark`` module's version without importing pyspark.
 
     All three distributions install the same module, so its own ``version.py`` is read
-    rather than any distribution's metadata.
+    rather than any distribution's metadata. ``None`` when it cannot be told; never raises.
     """
+    try:
+        return _pyspark_version()
+    except Exception:  # a pyspark built otherwise (odd attributes, an unreadable version.py)
+        return None
+
+
+def _pyspark_version() -> str | None:
     module = sys.modules.get("pyspark")
     version = getattr(module, "__version__", None) if module is not None else None
     if isinstance(version, str):
@@ -211,7 +246,7 @@ def installed_pyspark_version() -> str | None:
         try:
             with open(f"{folder}/version.py", encoding="utf-8") as handle:
                 match = _VERSION_RE.search(handle.read())
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             continue
         if match:
             return match.group(1)

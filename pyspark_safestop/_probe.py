@@ -65,6 +65,8 @@ def main() -> None:
     boot = sys.modules.get(BOOT)
     found["boot_state_after"] = getattr(boot, "state", None) if boot is not None else None
     found["activated"] = "pyspark_safestop" in sys.modules
+    # A pyspark whose version cannot be read (status() says None) is installed all the same.
+    found["pyspark_imported"] = "pyspark" in sys.modules
     # Observed; from here on, importing the package cannot change what was found.
     import pyspark_safestop
 

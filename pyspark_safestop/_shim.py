@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from types import ModuleType
 from typing import Any
 
@@ -12,11 +11,11 @@ from . import _exit, _layouts, _sessions
 from ._patcher import Patcher, watch_imports
 from ._settings import (
     ENV_ENABLED,
-    SafestopWarning,
     Settings,
     enabled_from_env,
     release_timeout_from_env,
     validate_timeout,
+    warn,
 )
 from ._state import LOCK, STATE
 from ._wrappers import ROLES
@@ -40,7 +39,7 @@ def install(*, release_timeout: float | None = None) -> bool:
 
     ``release_timeout`` bounds the server-side release in ``stop()``, in seconds (default:
     ``PYSPARK_SAFESTOP_RELEASE_TIMEOUT``, else 5). Raises ``ValueError`` if it is not a
-    positive number.
+    positive number of seconds up to ``MAX_TIMEOUT`` (one day).
     """
     seconds = (
         release_timeout_from_env()
@@ -106,12 +105,13 @@ def is_installed() -> bool:
 
 
 def status() -> dict[str, Any]:
-    """Describe the shim in this process (without importing pyspark).
+    """Describe the shim in this process (without importing pyspark). Never raises.
 
     Keys: ``enabled`` (the environment switch), ``installed``, ``activated_by`` (``"import"``,
     ``"pth"``, ``"pytest-plugin"`` or ``"install()"``), ``pyspark_version``,
     ``layout`` (``"3.5"``, ``"4.0"``, ``"4.1"``, ``"4.2+"`` or ``None``), ``layout_problem``
-    (``"not-imported"``, ``"unknown"`` or ``None``), ``release_session_rpc``, ``stop_mode``,
+    (``"not-imported"``, ``"unknown"`` or ``None``: ``"unknown"`` is a client imported but not
+    recognised, whatever is missing or odd in it), ``release_session_rpc``, ``stop_mode``,
     ``patches`` (the attributes wrapped now), ``settings`` and ``live_sessions``.
     """
     with LOCK:
@@ -140,14 +140,16 @@ def status() -> dict[str, Any]:
 
 
 def _on_module_imported(module: ModuleType) -> None:
-    _apply_loaded()
+    _apply_loaded(module.__name__)
 
 
-def _apply_loaded() -> None:
+def _apply_loaded(ready: str | None = None) -> None:
+    # `ready`: the module whose post-import hook calls this, done executing although the
+    # import system still marks it as initialising.
     with LOCK:
         if not STATE.installed:
             return
-        layout, problem = _layouts.detect_loaded()
+        layout, problem = _layouts.detect_loaded(ready)
         if layout is None:
             STATE.layout_problem = problem
             if problem == "unknown" and not _unknown_warned.is_set():
@@ -158,7 +160,7 @@ def _apply_loaded() -> None:
                     "untouched"
                 )
                 logger.warning("%s", message)
-                warnings.warn(message, SafestopWarning, stacklevel=2)
+                warn(message)
             return
         STATE.layout, STATE.layout_problem = layout, None
         _PATCHER.apply(layout.targets)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -236,8 +237,9 @@ def describe_shim() -> str:
         state = "OFF (PYSPARK_SAFESTOP=0)"
     else:
         state = "not active (uninstalled)"
-    version = info["pyspark_version"]
-    if version is None:
+    version = info["pyspark_version"] or "(version unknown)"
+    # Imported above when installed: a pyspark whose version cannot be read is still there.
+    if info["pyspark_version"] is None and "pyspark" not in sys.modules:
         where = "pyspark not installed"
     elif info["layout"] is not None:
         where = f"pyspark {version}, layout {info['layout']}"

@@ -102,3 +102,224 @@ def test_doctor_bad_arguments_are_usage_errors(args: list[str]) -> None:
     proc = doctor(*args)
     assert proc.returncode == 2
     assert f"unrecognized arguments: {args[-1]}" in proc.stderr
+
+
+# -- clients the shim does not recognise --------------------------------------------------------
+#
+# Fake `pyspark` packages, first on PYTHONPATH in a fresh interpreter: one built like the 3.5
+# line (which the shim recognises), and variants that no known line looks like.
+
+REATTACH = """\
+class ExecutePlanResponseReattachableIterator:
+    _release_thread_pool = None
+
+    @classmethod
+    def _initialize_pool_if_necessary(cls):
+        pass
+
+    @classmethod
+    def shutdown(cls):
+        pass
+"""
+IMPORT_REATTACH = (
+    "from pyspark.sql.connect.client.reattach import ExecutePlanResponseReattachableIterator\n"
+)
+CLIENT_CLASS = """
+class SparkConnectClient:
+    def close(self):
+        pass
+"""
+CORE = IMPORT_REATTACH + CLIENT_CLASS
+SESSION = """\
+from pyspark.sql.connect.client.core import SparkConnectClient
+
+
+class SparkSession:
+    def stop(self):
+        pass
+"""
+LIKE_3_5: dict[str, str | bytes | None] = {
+    "pyspark/__init__.py": '__version__ = "9.9.9"\n',
+    "pyspark/sql/__init__.py": "",
+    "pyspark/sql/connect/__init__.py": "",
+    "pyspark/sql/connect/client/__init__.py": "",
+    "pyspark/sql/connect/client/reattach.py": REATTACH,
+    "pyspark/sql/connect/client/core.py": CORE,
+    "pyspark/sql/connect/session.py": SESSION,
+}
+CLIENT_PACKAGE = "pyspark/sql/connect/client/"
+LAZY_SESSION = """\
+class SparkSession:
+    def stop(self):
+        from pyspark.sql.connect.client import core
+"""
+
+#: Variants of LIKE_3_5 (None removes a file).
+UNRECOGNISED: dict[str, dict[str, str | bytes | None]] = {
+    "no client class": {
+        CLIENT_PACKAGE + "core.py": IMPORT_REATTACH,
+        "pyspark/sql/connect/session.py": "import pyspark.sql.connect.client.core\n" + LAZY_SESSION,
+    },
+    "client not a class": {CLIENT_PACKAGE + "core.py": CORE + "SparkConnectClient = 42\n"},
+    "no reattach module": {
+        CLIENT_PACKAGE + "reattach.py": None,
+        CLIENT_PACKAGE + "core.py": CLIENT_CLASS,
+    },
+    "session module only": {
+        **{CLIENT_PACKAGE + name: None for name in ("__init__.py", "reattach.py", "core.py")},
+        "pyspark/sql/connect/session.py": LAZY_SESSION,
+    },
+}
+RAISES = {
+    CLIENT_PACKAGE + "core.py": 'raise RuntimeError("boom at import")\n',
+    "pyspark/sql/connect/session.py": LAZY_SESSION,
+}
+ODD = {
+    "pyspark/__init__.py": "def __getattr__(name):\n    raise RuntimeError(name)\n",
+    "pyspark/version.py": b"\xff\xfe not UTF-8",
+    CLIENT_PACKAGE + "core.py": "def __getattr__(name):\n    raise RuntimeError(name)\n",
+    "pyspark/sql/connect/session.py": "from pyspark.sql.connect.client import core\n",
+}
+
+
+def fake_pyspark(root: Path, changes: dict[str, str | bytes | None] | None = None) -> Path:
+    """A folder holding a fake ``pyspark`` package: LIKE_3_5 with ``changes``."""
+    for name, text in {**LIKE_3_5, **(changes or {})}.items():
+        if text is None:
+            continue
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+    return root
+
+
+def _fake_env(fake: Path, **env: str) -> dict[str, str]:
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
+    child_env.pop("PYTHONWARNINGS", None)
+    child_env["PYTHONPATH"] = os.pathsep.join([str(fake), str(REPO_ROOT)])
+    child_env.update(env)
+    return child_env
+
+
+STATUS_SCRIPT = """\
+import json
+import sys
+import pyspark_safestop
+try:
+    import pyspark.sql.connect.session
+except Exception:
+    pass
+status = pyspark_safestop.status()
+core = sys.modules.get("pyspark.sql.connect.client.core")
+status["early"] = vars(core).get("EARLY") if core else None  # set by one fake
+print(json.dumps(status, default=str))
+"""
+
+
+def status_with(fake: Path) -> tuple[dict[str, Any], str]:
+    """Import pyspark's Spark Connect session over the fake pyspark, the shim imported first;
+    return status() and stderr."""
+    path = fake.parent / "status_script.py"
+    path.write_text(STATUS_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, "-W", "always", str(path)],
+        capture_output=True,
+        text=True,
+        env=_fake_env(fake),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    found: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return found, proc.stderr
+
+
+def doctor_with(fake: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyspark_safestop", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        env=_fake_env(fake),
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    report: dict[str, Any] = json.loads(proc.stdout)
+    return report
+
+
+def header_with(fake: Path) -> str:
+    """The plugin's report header line, in a pytest run over the fake pyspark (which passes)."""
+    folder = fake.parent / "suite"
+    folder.mkdir()
+    (folder / "test_one.py").write_text("def test_one():\n    pass\n")
+    (folder / "pytest.ini").write_text("[pytest]\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider"],
+        capture_output=True,
+        text=True,
+        env=_fake_env(fake),
+        cwd=folder,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("pyspark-safestop ")]
+    return line
+
+
+def test_the_fake_like_3_5_is_recognised(tmp_path: Path) -> None:
+    # The other fakes differ from this one only where they say.
+    found, _ = status_with(fake_pyspark(tmp_path / "fake"))
+    assert (found["installed"], found["layout"], found["layout_problem"]) == (True, "3.5", None)
+    assert "pyspark.sql.connect.client.core:SparkConnectClient.close" in found["patches"]
+
+
+def test_a_client_still_executing_is_not_imported_yet(tmp_path: Path) -> None:
+    # Asked while the client module runs (a circular import), the answer is "not yet", not
+    # "unknown"; once it is done, the layout is recognised.
+    early = "import pyspark_safestop\nEARLY = pyspark_safestop.status()['layout_problem']\n"
+    fake = fake_pyspark(tmp_path / "fake", {CLIENT_PACKAGE + "core.py": early + CORE})
+    found, _ = status_with(fake)
+    assert (found["early"], found["layout"], found["layout_problem"]) == (
+        "not-imported",
+        "3.5",
+        None,
+    )
+
+
+@pytest.mark.parametrize("case", sorted(UNRECOGNISED))
+def test_an_unrecognised_client_is_reported_as_such(case: str, tmp_path: Path) -> None:
+    fake = fake_pyspark(tmp_path / "fake", UNRECOGNISED[case])
+    found, stderr = status_with(fake)
+    assert (found["installed"], found["layout"], found["layout_problem"]) == (True, None, "unknown")
+    assert found["patches"] == []
+    assert stderr.count("does not recognise; pyspark is left untouched") == 1, stderr
+    report = doctor_with(fake)
+    assert report["pyspark"]["layout_problem"] == "unknown"
+    assert (report["ok"], report["bug"]) == (True, None)
+    assert "Spark Connect client is not recognised" in report["summary"]
+    assert "client not recognised (left untouched)" in header_with(fake)
+
+
+def test_a_client_that_raises_at_import_is_reported_with_its_error(tmp_path: Path) -> None:
+    fake = fake_pyspark(tmp_path / "fake", RAISES)
+    report = doctor_with(fake)
+    assert report["pyspark"]["connect_error"] == "RuntimeError: boom at import"
+    assert "client cannot be imported: RuntimeError: boom at import" in report["summary"]
+    assert "client not importable (RuntimeError: boom at import)" in header_with(fake)
+
+
+def test_status_and_the_header_never_raise_for_an_odd_pyspark(tmp_path: Path) -> None:
+    # Module attributes that raise, a version.py that is not text.
+    fake = fake_pyspark(tmp_path / "fake", ODD)
+    found, _ = status_with(fake)
+    assert (found["layout"], found["layout_problem"]) == (None, "unknown")
+    header = header_with(fake)
+    assert ": active (activated by import); pyspark (version unknown), Spark Connect " in header
+    report = doctor_with(fake)
+    assert report["pyspark"]["layout_problem"] == "unknown"
+    assert "pyspark (version unknown)'s Spark Connect client is not recognised" in report["summary"]
