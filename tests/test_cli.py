@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,20 @@ def test_free_port_help_says_the_lease_ends_with_the_command() -> None:
     result = run_cli("free-port", "--help")
     assert result.returncode == 0
     assert "leased only while this command runs" in " ".join(result.stdout.split())
+
+
+def test_free_port_refuses_a_lease_directory_others_can_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "leases"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("PYSPARK_SAFESTOP_PORT_LEASE_DIR", str(shared))
+    result = run_cli("free-port")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert str(shared) in result.stderr
+    assert "PYSPARK_SAFESTOP_PORT_LEASE_DIR" in result.stderr
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "abc", "1001", "2.5"])
