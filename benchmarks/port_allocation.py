@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -117,11 +118,28 @@ def percentile(values: list[int], fraction: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))])
 
 
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low``-``high``, or a usage error naming the text."""
+
+    def parse(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number in {low}-{high}, got {text!r}"
+            )
+        return int(text)
+
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--processes", type=int, default=8)
-    parser.add_argument("--count", type=int, default=100, help="allocations per process")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--processes", type=_whole(1, 256), default=8, help="workers per round (1-256)"
+    )
+    parser.add_argument(
+        "--count", type=_whole(1, 10_000), default=100, help="allocations per worker (1-10000)"
+    )
+    parser.add_argument("--rounds", type=_whole(1, 100), default=3, help="rounds (1-100)")
     parser.add_argument("--worker", choices=sorted(METHODS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
