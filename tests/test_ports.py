@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ import psutil
 import pytest
 
 from pyspark_safestop import ports
-from pyspark_safestop._settings import MAX_TIMEOUT
+from pyspark_safestop._settings import MAX_TIMEOUT, SafestopWarning
 from pyspark_safestop.ports import (
     ForeignProcessError,
     KillRefusedError,
@@ -331,6 +332,18 @@ def test_an_unusable_runtime_dir_is_passed_over(
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     expected = default_location / f"pyspark-safestop-{os.getuid()}" / "ports"
     assert lease_directory() == expected
+
+
+def test_a_relative_lease_directory_setting_warns_once_and_is_ignored(
+    default_location: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ports.ENV_LEASE_DIR, "relative/leases")
+    expected = default_location / f"pyspark-safestop-{os.getuid()}" / "ports"
+    with pytest.warns(SafestopWarning, match=ports.ENV_LEASE_DIR):
+        assert lease_directory() == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lease_directory() == expected
 
 
 def _assert_refused(path: Path, *words: str) -> None:

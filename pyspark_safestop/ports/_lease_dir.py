@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
 import tempfile
 from pathlib import Path
 
+from .._settings import warn
 from ._checks import owner_name
 
 logger = logging.getLogger("pyspark_safestop")
@@ -119,6 +121,26 @@ def _still_checked(path: Path) -> bool:
     )
 
 
+@functools.cache
+def _warn_relative(value: str) -> None:
+    # Once per value: every allocation reads the variable.
+    warn(
+        f"{ENV_LEASE_DIR}={value!r} is not an absolute path (processes started elsewhere would "
+        "find another directory); using the default lease directory"
+    )
+
+
+def _override() -> Path | None:
+    """The directory named by ``PYSPARK_SAFESTOP_PORT_LEASE_DIR``, if it is set and absolute."""
+    value = os.environ.get(ENV_LEASE_DIR)
+    if not value:
+        return None
+    if not os.path.isabs(value):
+        _warn_relative(value)
+        return None
+    return Path(value)
+
+
 def _default_lease_chain() -> list[Path]:
     """The default lease directory and the folders to create on the way, outermost first."""
     runtime = _runtime_dir()
@@ -132,7 +154,8 @@ def _default_lease_chain() -> list[Path]:
 def lease_directory() -> Path:
     """Return the directory holding the lease files, creating it (mode 0700) when missing.
 
-    ``$PYSPARK_SAFESTOP_PORT_LEASE_DIR`` if set; else ``pyspark-safestop/ports`` in
+    ``$PYSPARK_SAFESTOP_PORT_LEASE_DIR`` if set to an absolute path (a relative one gives
+    one warning and is ignored); else ``pyspark-safestop/ports`` in
     ``$XDG_RUNTIME_DIR`` when that is a private directory of the current user; else
     ``pyspark-safestop-<uid>/ports`` in the temporary folder (``tempfile.gettempdir()``).
     Processes coordinate only if they find the same directory: one started without
@@ -145,8 +168,8 @@ def lease_directory() -> Path:
             ``PYSPARK_SAFESTOP_PORT_LEASE_DIR``, which picks another one.
     """
     global _checked_dir
-    override = os.environ.get(ENV_LEASE_DIR)
-    chain = [Path(override)] if override else _default_lease_chain()
+    override = _override()
+    chain = [override] if override else _default_lease_chain()
     path = chain[-1]
     if _still_checked(path):
         return path
