@@ -278,6 +278,13 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+#: pyspark 3.5 sends a token only over TLS; the project's local servers want it over loopback.
+_TOKEN_ON_3_5 = (
+    "3.5 sends a token only over TLS: remote(url) cannot reach serve's or the fixtures' servers; "
+    "use the fixtures or pyspark_safestop.plugin.connect_session(url)"
+)
+
+
 def render(report: dict[str, Any]) -> str:
     """The report as text for a person."""
     pyspark = report["pyspark"]
@@ -320,6 +327,8 @@ def render(report: dict[str, Any]) -> str:
         ("java", _yes(settings["java"])),
     ]
     rows += [("bad setting", problem) for problem in settings.get("problems", [])]
+    if pyspark["layout"] == "3.5":
+        rows.append(("local servers", _TOKEN_ON_3_5))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     lines.append("")

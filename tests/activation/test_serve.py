@@ -29,10 +29,10 @@ def start(env: Env) -> subprocess.Popen[str]:
     )
 
 
-def server_processes(proc: subprocess.Popen[str], recursive: bool = True) -> list[psutil.Process]:
-    """The server's processes: spark-submit (which becomes the JVM) and what it runs."""
+def server_processes(proc: subprocess.Popen[str]) -> list[psutil.Process]:
+    """The server's processes: its launcher, spark-submit (which becomes the JVM), what it runs."""
     try:
-        return psutil.Process(proc.pid).children(recursive=recursive)
+        return psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
 
@@ -49,7 +49,8 @@ def test_ctrl_c_stops_the_server(wheel_env: Env, tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()  # printed once the server accepts connections
-        assert re.fullmatch(r"sc://127\.0\.0\.1:\d+", url), url
+        match = re.fullmatch(r"sc://localhost:(\d+)/;token=[\w-]{43}", url)
+        assert match, url
         children = server_processes(proc)
         assert any(is_jvm(p) for p in children), children
         result = wheel_env.script(
@@ -66,7 +67,8 @@ def test_ctrl_c_stops_the_server(wheel_env: Env, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         _, err = proc.communicate()
-        assert f"on {url}" in err
+        assert f"on localhost:{match.group(1)}" in err
+        assert url.split("token=")[1] not in err  # stderr often ends up in logs
         _, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, alive
     finally:
@@ -78,12 +80,11 @@ def test_sigterm_while_starting_leaves_no_jvm(wheel_env: Env) -> None:
     proc = start(wheel_env)
     try:
         deadline = time.monotonic() + START_TIMEOUT
-        direct: list[psutil.Process] = []
-        # spark-submit execs the JVM in place: once the direct child is java, it is starting.
-        while not (direct and is_jvm(direct[0])) and time.monotonic() < deadline:
+        children: list[psutil.Process] = []
+        # spark-submit execs the JVM in place: once a java process is there, it is starting.
+        while not any(is_jvm(p) for p in children) and time.monotonic() < deadline:
             time.sleep(0.05)
-            direct = server_processes(proc, recursive=False)
-        children = server_processes(proc)
+            children = server_processes(proc)
         assert children, "the server process never appeared"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
