@@ -23,11 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
 if str(REPO) not in sys.path:
-    # The benchmarks are run as scripts from a clone: the package and the test helpers (the
-    # fault proxy, the scenario runner) are imported from the work tree, not an installed copy.
+    # The benchmarks are run as scripts from a clone: the package (with its fault toolkit and
+    # scenario runner) is imported from the work tree, not an installed copy.
     sys.path.insert(0, str(REPO))
 
-from tests.harness import Run, child_env, kill_group, run_events  # noqa: E402
+from pyspark_safestop.testing.catalogue import WARM_UP, run_case  # noqa: E402
+from pyspark_safestop.testing.runner import Run, child_env, kill_group, run_events  # noqa: E402
 
 __all__ = [
     "REPO",
@@ -165,17 +166,6 @@ def fmt_seconds(seconds: float | None) -> str:
 def warm_up(python: str, url: str) -> None:
     """Run a few queries on a fresh server so that no measured run pays for its warm-up.
 
-    Best effort and bounded; with the shim on, so that its interpreter's exit cannot hang.
+    With the shim on, so that its interpreter's exit cannot hang; what it shows is not used.
     """
-    proc = subprocess.Popen(
-        [python, str(REPO / "benchmarks" / "_warmup.py"), url],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=child_env(shim=True),
-        start_new_session=True,
-    )
-    try:
-        proc.wait(timeout=180)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
+    run_case(WARM_UP, url, shim=True, python=python)

@@ -12,7 +12,6 @@ lock for good, so later cycles would only measure the hang. TIME_LIMIT seconds e
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 import threading
@@ -23,12 +22,7 @@ import psutil
 import pyspark_safestop  # activation, as at the top of a conftest; PYSPARK_SAFESTOP=0 disables
 
 # isort: split
-from pyspark.sql.connect.session import SparkSession
-
-
-def emit(**data: object) -> None:
-    """Print one event line (flushed: the caller reads them as they come)."""
-    print(json.dumps(data), flush=True)
+from pyspark_safestop.testing.child import event, new_session, stop_with_cap
 
 
 def sample(process: psutil.Process, cycle: int, started: float) -> None:
@@ -38,8 +32,8 @@ def sample(process: psutil.Process, cycle: int, started: float) -> None:
     runs, and what is measured is what stays reachable, not when the collector happens to run.
     """
     gc.collect()
-    emit(
-        event="sample",
+    event(
+        "sample",
         cycle=cycle,
         seconds=round(time.monotonic() - started, 2),
         threads=threading.active_count(),
@@ -54,30 +48,27 @@ def main() -> None:
     url, cycles, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     cap, time_limit = float(sys.argv[4]), float(sys.argv[5])
     process = psutil.Process()
-    emit(event="start", shim=pyspark_safestop.is_installed(), pid=os.getpid())
+    event("start", shim=pyspark_safestop.is_installed())
     started = time.monotonic()
     for cycle in range(1, cycles + 1):
-        session = SparkSession.builder.remote(url).create()
+        session = new_session(url)
         rows = session.range(10).collect()
         assert len(rows) == 10
-        # The stop runs in a daemon thread so that a hung one can be reported, not waited on.
-        stopper = threading.Thread(target=session.stop, daemon=True)
-        stop_started = time.monotonic()
-        stopper.start()
-        stopper.join(cap)
-        if stopper.is_alive():
-            emit(event="hung", cycle=cycle, seconds=cap)
+        # Stopped with a cap so that a hung stop can be reported, not waited on.
+        outcome = stop_with_cap(session, cap)
+        if not outcome.returned:
+            event("hung", cycle=cycle, seconds=cap)
             # The interpreter may not be able to exit on its own: exit times are measured by
             # the fault matrix, not here.
             os._exit(0)
-        emit(event="cycle", cycle=cycle, stop=round(time.monotonic() - stop_started, 4))
+        event("cycle", cycle=cycle, stop=round(outcome.seconds, 4))
         del session, rows
         if cycle == 1 or cycle % every == 0:
             sample(process, cycle, started)
         if time.monotonic() - started > time_limit:
-            emit(event="time_limit", cycle=cycle)
+            event("time_limit", cycle=cycle)
             break
-    emit(event="done")
+    event("done")
     sys.stdout.flush()
     os._exit(0)
 

@@ -8,44 +8,33 @@ it holds the class lock for good, so nothing after it would mean anything.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import threading
-import time
 
 import pyspark_safestop  # activation; PYSPARK_SAFESTOP=0 disables
 
 # isort: split
-from pyspark.sql.connect.session import SparkSession
-
-
-def emit(**data: object) -> None:
-    print(json.dumps(data), flush=True)
+from pyspark_safestop.testing.child import event, new_session, query, stop_with_cap
 
 
 def main() -> None:
+    """Create, query and stop sessions, timing each stop."""
     condition, url, iterations, cap = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    emit(event="start", shim=pyspark_safestop.is_installed())
+    event("start", shim=pyspark_safestop.is_installed())
     for _ in range(iterations):
-        session = SparkSession.builder.remote(url).create()
-        session.range(10).collect()
+        session = new_session(url)
+        query(session)
         if condition == "exit":
             # The session is left unstopped with an RPC hung; the caller times the exit.
-            emit(event="done")
+            event("done")
             return
-        started = time.perf_counter()
-        stopper = threading.Thread(target=session.stop, daemon=True)
-        stopper.start()
-        stopper.join(cap)
-        if stopper.is_alive():
-            emit(event="stop", hung=True, seconds=cap)
-            emit(event="done")
-            sys.stdout.flush()
+        outcome = stop_with_cap(session, cap)
+        event("stop", hung=not outcome.returned, seconds=outcome.seconds)
+        if not outcome.returned:
+            event("done")
             # The interpreter may not be able to exit on its own: that is measured elsewhere.
             os._exit(0)
-        emit(event="stop", hung=False, seconds=time.perf_counter() - started)
-    emit(event="done")
+    event("done")
 
 
 if __name__ == "__main__":

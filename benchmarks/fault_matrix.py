@@ -7,8 +7,11 @@ environments. A real Spark Connect server is started from the pyspark 4.3 jars
 (``PYSPARK_SAFESTOP_SPARK_HOME`` or the installed pyspark); each run is a fresh interpreter of
 one line, with the shim off (``PYSPARK_SAFESTOP=0``: upstream) or on, talking to the server
 through a fault-injecting gRPC proxy, a TCP relay that can blackhole, or directly (a second
-server that is restarted on its port). A run still going ``--timeout`` seconds after it
-started working is called hung and killed with its process group.
+server that is restarted on its port). The faults, their bounds and the frames where
+upstream parks for good are the catalogue's (:mod:`pyspark_safestop.testing.catalogue`), the
+same table the regression tests use. A run is called hung, and killed with its process group,
+as soon as the child's stack shows a thread parked in one of those frames, or when it is still
+going at its case's hard timeout.
 
 Each fault has a bound; a cell reads ``12 ms ✓`` (within the bound), ``10.0 s ✗`` (outside
 it) or ``hung ✗``. Every cell also requires the scenario's next session to work and the
@@ -24,13 +27,10 @@ import contextlib
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from _common import (
-    REPO,
     RESULTS,
     Run,
     add_line_arguments,
@@ -38,310 +38,15 @@ from _common import (
     fmt_seconds,
     machine,
     resolve_lines,
-    run_events,
     warm_up,
     write_json,
 )
-from _faults import SelectiveHangProxy, TcpRelay
 
 from pyspark_safestop._server import SparkConnectServer, find_spark_home
-from tests.harness import Check, next_session_works, stop_within
-
-CORE_SCRIPT = REPO / "tests" / "scenarios" / "run_scenario.py"
-WORKER_SCRIPT = Path(__file__).resolve().parent / "_fault_worker.py"
-
-#: The shim's release timeout in these runs (seconds); the bounds below are built on it.
-RELEASE_TIMEOUT = 1.0
-#: A stop that took longer than this did not "return promptly".
-STOP_BOUND = 2.0
-#: Seconds from a scenario's last line to its interpreter's exit.
-EXIT_BOUND = 4.0
+from pyspark_safestop.testing.catalogue import CASES, EXIT_BOUND, RELEASE_TIMEOUT, Case, run_case
 
 
-@dataclass(frozen=True)
-class Fault:
-    """One row of the matrix: a scenario, how its fault is made, what is measured, the bound."""
-
-    title: str
-    script: Path
-    scenario: str
-    bound: str
-    #: The figure shown in the cell (seconds), read from the run.
-    metric: Callable[[Run], float | None]
-    checks: tuple[Check, ...]
-    #: Methods hung by the proxy for the whole run.
-    hang: tuple[str, ...] = ()
-    #: "proxy" (fault proxy), "relay" (TCP relay that can blackhole) or "restart" (direct, to
-    #: a server restarted at the checkpoint).
-    transport: str = "proxy"
-    env: dict[str, str] = field(default_factory=dict)
-    #: Seconds a run may take once it has started working (its first line): past that it is
-    #: hung. Generous: a shared 2-core machine can take 10 s to create a session.
-    timeout: float = 60.0
-    #: Not the shim's to bound (a README limitation, with the reason): a cell of this row
-    #: outside its bound is marked † and does not fail the run.
-    limitation: str = ""
-
-
-# --- checks ------------------------------------------------------------------------------------
-
-
-def _stopped(run: Run, label: str) -> float | None:
-    event = run.find("stopped", label=label)
-    if event is None or event.get("returned") is False:
-        return None
-    return float(event["seconds"])
-
-
-def slowest_within(name: str, key: str, bound: float, count: int = 1) -> Check:
-    """At least ``count`` events ``name``, and their ``key`` all within ``bound``."""
-
-    def check(run: Run) -> list[str]:
-        found = run.all(name)
-        if len(found) < count:
-            return [f"only {len(found)} of {count} '{name}' events"]
-        slow = [e for e in found if e.get(key, 0) > bound or e.get("hung")]
-        return [f"{name}: {key} {e.get(key)} s > {bound} s" for e in slow]
-
-    return check
-
-
-def field_is(name: str, key: str, value: Any) -> Check:
-    """Event ``name`` has ``key == value``."""
-
-    def check(run: Run) -> list[str]:
-        event = run.find(name)
-        if event is None:
-            return [f"no '{name}' event"]
-        return [] if event.get(key) == value else [f"{name}: {key} = {event.get(key)!r}"]
-
-    return check
-
-
-def interrupted_promptly(run: Run) -> list[str]:
-    """The SIGINT (sent 0.5 s into stop()) surfaced as a KeyboardInterrupt within 1 s (in
-    stop(), or just after it where stop() returned sooner)."""
-    event = run.find("interrupted")
-    if event is None:
-        return ["KeyboardInterrupt never surfaced"]
-    if event["seconds"] > 1.5:
-        return [f"KeyboardInterrupt surfaced {event['seconds'] - 0.5:.1f} s after the signal"]
-    return []
-
-
-def _metric_event(name: str, key: str = "seconds") -> Callable[[Run], float | None]:
-    def metric(run: Run) -> float | None:
-        values = [float(e[key]) for e in run.all(name) if key in e and not e.get("hung")]
-        return max(values) if values else None
-
-    return metric
-
-
-def _metric_stop(label: str) -> Callable[[Run], float | None]:
-    return lambda run: _stopped(run, label)
-
-
-def _metric_exit(run: Run) -> float | None:
-    return run.exit_delay
-
-
-_RT = {"PYSPARK_SAFESTOP_RELEASE_TIMEOUT": str(RELEASE_TIMEOUT)}
-_STOP = f"stop ≤ {STOP_BOUND:.0f} s"
-_STOP_RT = f"stop ≤ {RELEASE_TIMEOUT + STOP_BOUND:.0f} s (release timeout {RELEASE_TIMEOUT:.0f} s)"
-
-FAULTS: dict[str, Fault] = {
-    # The core issue's faults: the very scenarios of the regression tests.
-    "seed_chain": Fault(
-        "seed's fixture chain, ReleaseExecute hung",
-        CORE_SCRIPT,
-        "seed_chain",
-        _STOP + " (in a daemon thread, 5 s join), next session works",
-        _metric_stop("first"),
-        (stop_within("first", STOP_BOUND), next_session_works),
-        hang=("ReleaseExecute",),
-    ),
-    "stop_re_hung": Fault(
-        "stop(), ReleaseExecute hung",
-        CORE_SCRIPT,
-        "plain_stop",
-        _STOP,
-        _metric_stop("first"),
-        (stop_within("first", STOP_BOUND), next_session_works),
-        hang=("ReleaseExecute",),
-    ),
-    "stop_rs_hung": Fault(
-        "stop(), ReleaseSession hung",
-        CORE_SCRIPT,
-        "plain_stop",
-        _STOP_RT,
-        _metric_stop("first"),
-        (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
-        hang=("ReleaseSession",),
-        env=_RT,
-    ),
-    "gc_orphans": Fault(
-        "orphaned sessions garbage-collected, ReleaseExecute hung",
-        CORE_SCRIPT,
-        "gc_orphans",
-        f"each gc.collect() ≤ {STOP_BOUND:.0f} s",
-        _metric_event("collected"),
-        (slowest_within("collected", "seconds", STOP_BOUND, 3), next_session_works),
-        hang=("ReleaseExecute",),
-    ),
-    "exit_unstopped": Fault(
-        "exit, unstopped session, ReleaseExecute hung",
-        CORE_SCRIPT,
-        "exit_unstopped",
-        f"exit ≤ {EXIT_BOUND:.0f} s",
-        _metric_exit,
-        (),
-        hang=("ReleaseExecute",),
-    ),
-    "concurrent_stops": Fault(
-        "16 threads stop 16 sessions, ReleaseExecute hung",
-        CORE_SCRIPT,
-        "concurrent_stops",
-        f"all ≤ {4 * STOP_BOUND:.0f} s",
-        _metric_event("stopped"),
-        (
-            slowest_within("stopped", "seconds", 4 * STOP_BOUND, 1),
-            field_is("stopped", "returned", 16),
-            next_session_works,
-        ),
-        hang=("ReleaseExecute",),
-    ),
-    "server_killed": Fault(
-        "server gone before stop()",
-        CORE_SCRIPT,
-        "server_killed",
-        _STOP_RT,
-        _metric_stop("first"),
-        (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND),),
-        env=_RT,
-    ),
-    "double_stop": Fault(
-        "stop() twice, ReleaseExecute hung",
-        CORE_SCRIPT,
-        "double_stop",
-        _STOP + " each",
-        lambda run: max(
-            (v for v in (_stopped(run, "first"), _stopped(run, "second")) if v is not None),
-            default=None,
-        ),
-        (
-            stop_within("first", STOP_BOUND),
-            stop_within("second", STOP_BOUND),
-            next_session_works,
-        ),
-        hang=("ReleaseExecute",),
-    ),
-    # This matrix's own faults.
-    "blackhole": Fault(
-        "connection blackholed (no bytes either way)",
-        WORKER_SCRIPT,
-        "blackhole",
-        _STOP_RT + ", next session works once healed",
-        _metric_stop("first"),
-        (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
-        transport="relay",
-        env=_RT,
-    ),
-    "iterate_during_stop": Fault(
-        "stop() while another thread iterates a result",
-        WORKER_SCRIPT,
-        "iterate_during_stop",
-        _STOP_RT + "; the iterating thread ends ≤ 5 s",
-        lambda run: max(
-            (
-                v
-                for v in (_stopped(run, "first"), _metric_event("reader_ended")(run))
-                if v is not None
-            ),
-            default=None,
-        ),
-        (
-            stop_within("first", RELEASE_TIMEOUT + STOP_BOUND),
-            slowest_within("reader_ended", "seconds", 5.0),
-            next_session_works,
-        ),
-        env=_RT,
-    ),
-    "fork_after_use": Fault(
-        "os.fork() after use; the child makes its own session",
-        WORKER_SCRIPT,
-        "fork_after_use",
-        "child done and exited ≤ 15 s (code 0); parent stop ≤ 2 s",
-        _metric_event("child_ended"),
-        (
-            slowest_within("child_ended", "seconds", 15.0),
-            field_is("child_ended", "code", 0),
-            stop_within("first", STOP_BOUND),
-            next_session_works,
-        ),
-        env=_RT,
-        limitation=(
-            "gRPC does not support a forked child using gRPC state inherited from its parent; "
-            "the child can block at exit, with or without the shim (README: Limitations)"
-        ),
-    ),
-    "interrupt_during_stop": Fault(
-        "KeyboardInterrupt during stop() (ReleaseSession and ReleaseExecute hung)",
-        CORE_SCRIPT,
-        "interrupt_during_stop",
-        "interrupt surfaces ≤ 1 s after the signal, next session works, exit ≤ 4 s",
-        _metric_exit,
-        (interrupted_promptly, next_session_works),
-        hang=("ReleaseSession", "ReleaseExecute"),
-        env={"PYSPARK_SAFESTOP_RELEASE_TIMEOUT": "3"},
-    ),
-    "restart_same_port": Fault(
-        "server restarted on the same port between sessions",
-        WORKER_SCRIPT,
-        "restart_same_port",
-        _STOP_RT + ", next session works",
-        _metric_stop("first"),
-        (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
-        transport="restart",
-        env=_RT,
-        # All of this row's runs start at once (one restart serves them all): on a loaded
-        # 2-core machine their first sessions alone can take a minute.
-        timeout=150.0,
-    ),
-    "loop_100_hung": Fault(
-        "100 sessions created and stopped, ReleaseExecute hung throughout",
-        WORKER_SCRIPT,
-        "loop_100_hung",
-        f"each stop ≤ {STOP_BOUND:.0f} s, all 100 ≤ 100 s",
-        _metric_event("loop_done"),
-        (
-            slowest_within("loop_done", "slowest", STOP_BOUND),
-            slowest_within("loop_done", "seconds", 100.0),
-            next_session_works,
-        ),
-        hang=("ReleaseExecute",),
-        timeout=180.0,
-    ),
-}
-
-
-def problems(fault: Fault, run: Run) -> list[str]:
-    """Everything that broke the fault's bound in this run (empty: it passed)."""
-    if run.hung:
-        found = [f"hung: still running {fault.timeout:.0f} s after it started working"]
-    else:
-        found = []
-        if run.returncode != 0:
-            found.append(f"exit status {run.returncode}")
-        if run.find("done") is None:
-            found.append("never reached the end of the scenario")
-        if run.exit_delay is None or run.exit_delay > EXIT_BOUND:
-            found.append(f"exit took {run.exit_delay} s > {EXIT_BOUND:.0f} s")
-    for check in fault.checks:
-        found += check(run)
-    return found
-
-
-def cell(fault: Fault, run: Run, found: list[str]) -> str:
+def cell(fault: Case, run: Run, found: list[str]) -> str:
     """The table cell: the measured figure and whether it is within the bound."""
     if run.hung:
         progress = run.all("progress")
@@ -374,11 +79,14 @@ class Restarter:
     def _restart(self) -> None:
         port = self.server.port
         self.server.stop()
+        token = self.server.token
         self.server = SparkConnectServer(
             self._home,
             log_path=self._log_dir / "restart-server-2.log",
             extra_conf={"spark.connect.grpc.binding.port": str(port)},
         )
+        # The same server coming back: the clients' URL (and its token) stays valid.
+        self.server._token = token
         self.server.start()
         self.restarted = self.server.port == port
 
@@ -389,59 +97,29 @@ class Restarter:
 
 
 def run_one(
-    fault: Fault,
+    fault: Case,
     python: str,
     *,
     shim: bool,
-    server_port: int,
+    server_url: str,
     workdir: Path,
     restarter: Restarter | None,
     label: str,
 ) -> Run:
     """One fault on one line, with or without the shim."""
     stderr = workdir / f"{label.replace(' ', '_').replace('/', '-')}.stderr"
-    env = dict(fault.env)
-    if fault.transport == "relay":
-        with TcpRelay("127.0.0.1", server_port) as relay:
-            actions = {"blackhole": relay.blackhole, "heal": relay.heal}
-            return run_events(
-                python,
-                fault.script,
-                [fault.scenario, relay.url],
-                shim=shim,
-                timeout=fault.timeout,
-                env=env,
-                on_checkpoint=actions,
-                label=label,
-                stderr_path=stderr,
-            )
     if fault.transport == "restart":
         assert restarter is not None
-        return run_events(
-            python,
-            fault.script,
-            [fault.scenario, restarter.server.url],
+        return run_case(
+            fault,
+            restarter.server.url,
             shim=shim,
-            timeout=fault.timeout,
-            env=env,
-            on_checkpoint={"restart-server": restarter.at_checkpoint},
+            python=python,
+            actions={"restart-server": restarter.at_checkpoint},
             label=label,
             stderr_path=stderr,
         )
-    with SelectiveHangProxy(f"127.0.0.1:{server_port}") as proxy:
-        for method in fault.hang:
-            proxy.hang(method)
-        return run_events(
-            python,
-            fault.script,
-            [fault.scenario, proxy.url],
-            shim=shim,
-            timeout=fault.timeout,
-            env=env,
-            on_checkpoint={"kill-server": proxy.kill},
-            label=label,
-            stderr_path=stderr,
-        )
+    return run_case(fault, server_url, shim=shim, python=python, label=label, stderr_path=stderr)
 
 
 def _label(name: str, line: str, shim: bool) -> str:
@@ -450,11 +128,11 @@ def _label(name: str, line: str, shim: bool) -> str:
 
 def run_plan(
     plan: list[tuple[str, str, bool]],
-    faults: dict[str, Fault],
+    faults: dict[str, Case],
     lines: dict[str, str],
     *,
     jobs: int,
-    server_port: int,
+    server_url: str,
     workdir: Path,
     restarter: Restarter | None,
 ) -> dict[tuple[str, str, bool], Run]:
@@ -467,7 +145,7 @@ def run_plan(
                 faults[name],
                 lines[line],
                 shim=shim,
-                server_port=server_port,
+                server_url=server_url,
                 workdir=workdir,
                 restarter=restarter,
                 label=_label(name, line, shim),
@@ -486,7 +164,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_line_arguments(parser)
     parser.add_argument(
-        "--fault", action="append", default=[], choices=list(FAULTS), help="only these faults"
+        "--fault", action="append", default=[], choices=list(CASES), help="only these faults"
     )
     parser.add_argument(
         "--mode", choices=("both", "upstream", "shim"), default="both", help="which column(s)"
@@ -499,7 +177,7 @@ def main() -> int:
     home = find_spark_home()
     if home is None:
         parser.error("no Spark jars: set PYSPARK_SAFESTOP_SPARK_HOME to a pyspark 4.3 folder")
-    faults = {name: FAULTS[name] for name in (args.fault or list(FAULTS))}
+    faults = {name: CASES[name] for name in (args.fault or list(CASES))}
     modes = {"both": (False, True), "upstream": (False,), "shim": (True,)}[args.mode]
     info = machine()
     print(f"fault matrix on {describe_machine(info)}", file=sys.stderr, flush=True)
@@ -522,7 +200,7 @@ def main() -> int:
                 faults,
                 lines,
                 jobs=args.jobs,
-                server_port=server.port,
+                server_url=server.url,
                 workdir=workdir,
                 restarter=None,
             )
@@ -544,7 +222,7 @@ def main() -> int:
                     faults,
                     lines,
                     jobs=len(restart_plan),
-                    server_port=0,
+                    server_url="",
                     workdir=workdir,
                     restarter=restarter,
                 )
@@ -566,13 +244,14 @@ def main() -> int:
             row: dict[str, Any] = {}
             for shim in modes:
                 run = runs[name, line, shim]
-                found = problems(fault, run)
+                found = fault.problems(run)
                 row["shim" if shim else "upstream"] = {
                     "cell": cell(fault, run, found),
                     "seconds": fault.metric(run),
                     "ok": not found,
                     "problems": found,
                     "hung": run.hung,
+                    "how_it_hung": run.how_it_hung(),
                     "returncode": run.returncode,
                     "elapsed": run.elapsed,
                     "exit_delay": run.exit_delay,
@@ -614,7 +293,8 @@ def print_table(
         cells += [result["lines"][line][name]["cell"] for line in lines for name in names]
         print("| " + " | ".join(cells) + " |")
     print(
-        "\n✓ within the bound, ✗ outside it; hung = still running when killed. Every cell also "
+        "\n✓ within the bound, ✗ outside it; hung = a thread parked where upstream never "
+        "returns (seen in its stack), or still running at the hard timeout. Every cell also "
         f"needs the run to end normally and the interpreter to exit ≤ {EXIT_BOUND:.0f} s."
     )
     for result in results.values():

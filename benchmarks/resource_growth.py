@@ -42,9 +42,9 @@ from _common import (
     warm_up,
     write_json,
 )
-from _faults import SelectiveHangProxy
 
 from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from pyspark_safestop.testing.faults import FaultProxy
 
 WORKER = Path(__file__).resolve().parent / "_growth_worker.py"
 #: A stop running longer than this is called hung.
@@ -62,17 +62,23 @@ CONDITIONS = {"healthy": (), "ReleaseExecute hung": ("ReleaseExecute",)}
 
 
 def run_one(
-    python: str, shim: bool, hang: tuple[str, ...], server_port: int, args: argparse.Namespace
+    python: str, shim: bool, hang: tuple[str, ...], server_url: str, args: argparse.Namespace
 ) -> Run:
     """One line, one mode, one condition: the worker's samples."""
     limit = TIME_LIMIT if shim or not hang else TIME_LIMIT_UPSTREAM_HUNG
-    with SelectiveHangProxy(f"127.0.0.1:{server_port}") as proxy:
+    with FaultProxy(server_url) as proxy:
         for method in hang:
             proxy.hang(method)
         return run_events(
-            python,
-            WORKER,
-            [proxy.url, str(args.cycles), str(args.every), str(STOP_CAP), str(limit)],
+            [
+                python,
+                str(WORKER),
+                proxy.url,
+                str(args.cycles),
+                str(args.every),
+                str(STOP_CAP),
+                str(limit),
+            ],
             shim=shim,
             timeout=limit + 2 * STOP_CAP + 60,
         )
@@ -188,7 +194,7 @@ def main() -> int:
         try:
             with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
                 futures = {
-                    pool.submit(run_one, lines[line], shim, CONDITIONS[cond], server.port, args): (
+                    pool.submit(run_one, lines[line], shim, CONDITIONS[cond], server.url, args): (
                         line,
                         shim,
                         cond,

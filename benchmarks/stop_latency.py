@@ -24,20 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _common import REPO, add_line_arguments, resolve_lines, run_events
 
-from _common import add_line_arguments, resolve_lines  # noqa: E402
-
-from pyspark_safestop._server import SparkConnectServer, find_spark_home  # noqa: E402
-from tests.faultproxy import FaultProxy  # noqa: E402
+from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from pyspark_safestop.testing.faults import FaultProxy
 
 WORKER = Path(__file__).parent / "_stop_worker.py"
 CAP = 15.0
@@ -66,46 +61,28 @@ class Measure:
 
 
 def run_worker(python: str, condition: str, url: str, iterations: int, shim: bool) -> Measure:
-    env = dict(os.environ)
-    env.update(
-        PYSPARK_SAFESTOP="1" if shim else "0",
-        PYSPARK_SAFESTOP_RELEASE_TIMEOUT=str(RELEASE_TIMEOUT),
-        PYTHONPATH=str(REPO),
-    )
+    """Run the worker once; its stop times, or the time its interpreter took to exit."""
     mode = "exit" if condition.startswith("exit") else "stop"
-    measure = Measure()
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
+    with tempfile.TemporaryDirectory() as tmp:
+        run = run_events(
             [python, str(WORKER), mode, url, str(iterations), str(CAP)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=env,
-            start_new_session=True,
+            shim=shim,
+            # Exit: the session's work plus CAP for the exit; stop: every stop within its cap.
+            timeout=2 * CAP if mode == "exit" else 120,
+            env={"PYSPARK_SAFESTOP_RELEASE_TIMEOUT": str(RELEASE_TIMEOUT)},
+            label=f"{condition} ({'shim' if shim else 'upstream'})",
+            stderr_path=Path(tmp) / "stderr",
         )
-        assert proc.stdout is not None
-        done_at = None
-        for line in proc.stdout:
-            event = json.loads(line) if line.startswith("{") else {}
-            if event.get("event") == "stop":
-                measure.hung = measure.hung or event["hung"]
-                if not event["hung"]:
-                    measure.seconds.append(event["seconds"])
-            elif event.get("event") == "done":
-                done_at = time.monotonic()
-                if mode == "exit":
-                    break
-        try:
-            proc.wait(timeout=CAP if mode == "exit" else 120)
-            if mode == "exit" and done_at is not None:
-                measure.seconds.append(time.monotonic() - done_at)
-        except subprocess.TimeoutExpired:
-            measure.hung = True
-            os.killpg(proc.pid, 9)
-            proc.wait()
-        if proc.returncode not in (0, -9) and not measure.seconds and not measure.hung:
-            err.seek(0)
-            measure.error = err.read()[-500:]
+    measure = Measure()
+    for event in run.all("stop"):
+        measure.hung = measure.hung or event["hung"]
+        if not event["hung"]:
+            measure.seconds.append(event["seconds"])
+    if mode == "exit" and run.find("done") is not None and run.exit_delay is not None:
+        measure.seconds.append(run.exit_delay)
+    measure.hung = measure.hung or run.hung
+    if run.returncode not in (0, None) and not measure.seconds and not measure.hung:
+        measure.error = run.stderr_tail[-500:]
     return measure
 
 
@@ -149,7 +126,7 @@ def main() -> int:
                     row: dict[str, object] = {}
                     for mode, planned in (("upstream", n_up), ("shim", n_shim)):
                         n = max(1, planned // 5) if args.quick else planned
-                        with FaultProxy(f"127.0.0.1:{server.port}") as proxy:
+                        with FaultProxy(server.url) as proxy:
                             for method in faults:
                                 proxy.hang(method)
                             row[mode] = run_worker(python, name, proxy.url, n, mode == "shim")

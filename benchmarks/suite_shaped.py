@@ -4,7 +4,7 @@
         [--fractions 0.01,0.1,1] [--stop seed|plain] [--seed-size]
 
 Generates a differential-style test suite: many test classes, each with a class-scoped Spark
-Connect session created with ``SparkSession.builder.remote(url).create()`` and stopped the
+Connect session created with ``SparkSession.builder...create()`` and stopped the
 seed's way (``stop()`` in a daemon thread, given up after 5 s) or plainly (``--stop plain``).
 Its ``conftest.py`` activates the shim the way users do, ``import pyspark_safestop`` on its
 first line; ``PYSPARK_SAFESTOP=0`` gives upstream's column. Every test runs one query and
@@ -49,9 +49,9 @@ from _common import (
     warm_up,
     write_json,
 )
-from _faults import SelectiveHangProxy
 
 from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from pyspark_safestop.testing.faults import FaultProxy
 
 #: Seconds one test phase (setup, call, teardown) may take before the suite's own timeout
 #: fails it. Above 10 s: 4.2+ upstream's plain stop() waits 10 s on a hung release.
@@ -69,11 +69,11 @@ import pyspark_safestop  # noqa: F401  (first line, as users do; PYSPARK_SAFESTO
 import json
 import os
 import signal
-import threading
 import time
 
 import pytest
-from pyspark.sql.connect.session import SparkSession
+
+from pyspark_safestop.testing.child import new_session, stop_with_cap
 
 URL = os.environ["SUITE_URL"]
 STOP = os.environ.get("SUITE_STOP", "seed")
@@ -82,19 +82,13 @@ TEST_TIMEOUT = float(os.environ.get("SUITE_TEST_TIMEOUT", "12"))
 _config = None
 
 
-def stop_spark_with_timeout(spark, timeout=5.0):
-    """The seed's fixture helper: stop in a daemon thread, give up after ``timeout`` s."""
-    stopper = threading.Thread(target=spark.stop, daemon=True)
-    stopper.start()
-    stopper.join(timeout)
-
-
 @pytest.fixture(scope="class")
 def spark():
-    session = SparkSession.builder.remote(URL).create()
+    session = new_session(URL)
     yield session
     if STOP == "seed":
-        stop_spark_with_timeout(session, 5.0)
+        # The seed's fixture: stop in a daemon thread, given up after 5 s.
+        stop_with_cap(session, 5.0)
     else:
         session.stop()
 
@@ -213,7 +207,7 @@ class SuiteRun:
 def run_suite(
     python: str,
     suite: Path,
-    server_port: int,
+    server_url: str,
     *,
     shim: bool,
     every: int,
@@ -229,8 +223,9 @@ def run_suite(
     results_file = work / f"{tag}.jsonl"
     results_file.unlink(missing_ok=True)
     result = SuiteRun(total=total)
-    with SelectiveHangProxy(f"127.0.0.1:{server_port}") as proxy:
-        proxy.hang_every("ReleaseExecute", every)
+    with FaultProxy(server_url) as proxy:
+        if every > 0:
+            proxy.hang("ReleaseExecute", every=every)
         env = child_env(
             shim=shim,
             extra={
@@ -265,8 +260,8 @@ def run_suite(
                 result.hung = True
                 kill_group(proc)
         result.wall = round(time.monotonic() - started, 2)
-        result.hung_releases = proxy.hung_total("ReleaseExecute")
-        result.release_calls = proxy.seen("ReleaseExecute")
+        result.hung_releases = proxy.faulted("ReleaseExecute")
+        result.release_calls = proxy.calls("ReleaseExecute")
     _count(result, results_file, started_wall=time.time() - result.wall)
     return result
 
@@ -398,7 +393,7 @@ def main() -> int:
                 run_suite(
                     lines[line],
                     suite,
-                    server.port,
+                    server.url,
                     tag=tag,
                     xdist=variant.startswith("xdist"),
                     **common,
@@ -406,7 +401,7 @@ def main() -> int:
             ]
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as both:
             copies = [
-                both.submit(run_suite, lines[line], suite, server.port, tag=f"{tag}-{i}", **common)
+                both.submit(run_suite, lines[line], suite, server.url, tag=f"{tag}-{i}", **common)
                 for i in (1, 2)
             ]
             return [c.result() for c in copies]

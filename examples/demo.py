@@ -8,14 +8,17 @@ installed pyspark, or ``SPARK_HOME``) and, in front of it, a proxy that makes ev
 overloaded server does. Then runs, with this interpreter (pyspark-safestop and a pyspark client
 installed):
 
-1. the class-scoped pytest suite without the shim (``PYSPARK_SAFESTOP=0``): it hangs, and is
-   killed after ``--timeout`` seconds;
+1. the class-scoped pytest suite without the shim (``PYSPARK_SAFESTOP=0``); up to client
+   line 4.1 it hangs and is killed after ``--timeout`` seconds, on 4.2+ every stop() waits
+   10 s;
 2. the same suite with the shim: it passes;
 3. the same under pytest-xdist (``-n 2``), with the shim;
 4. the plain script and 5. the unittest case, with the shim.
 
-``--all`` also runs 3-5 without the shim. Exit status 0 when every run with the shim passed.
-``nox -s demo`` sets all of this up and runs it.
+``--all`` also runs 3-5 without the shim. Each result says what was observed: passed or
+failed and in how long; for a run killed at the timeout, whether any RPC still reached the
+proxy in its last seconds (slow) or none for a long while (hung). Exit status 0 when every
+run with the shim passed. ``nox -s demo`` sets all of this up and runs it (client line 4.1).
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from pyspark_safestop.testing.faults import FaultProxy
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-
-from pyspark_safestop._server import SparkConnectServer, find_spark_home  # noqa: E402
-from tests.faultproxy import FaultProxy  # noqa: E402
+#: A run killed at the timeout with no RPC through the proxy for this long is called hung.
+QUIET_FOR_HUNG = 15.0
 
 
 @dataclass
@@ -61,12 +65,37 @@ def runs(url: str) -> list[Run]:
     ]
 
 
-def execute(run: Run, url: str, timeout: float) -> None:
+class Activity:
+    """When an RPC last went through the proxy: what tells a hung run from a slow one."""
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self._proxy = proxy
+        self._seen = proxy.calls()
+        self._at = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.5):
+            calls = self._proxy.calls()
+            if calls != self._seen:
+                self._seen, self._at = calls, time.monotonic()
+
+    def quiet_for(self) -> float:
+        """Seconds since the last RPC reached the proxy."""
+        self._done.set()
+        self._thread.join()
+        return time.monotonic() - self._at
+
+
+def execute(run: Run, proxy: FaultProxy, timeout: float) -> None:
     """Run it with its output shown as it comes; kill its process group at the timeout."""
-    env = dict(os.environ, SPARK_REMOTE=url, PYSPARK_SAFESTOP="1" if run.shim else "0")
+    env = dict(os.environ, SPARK_REMOTE=proxy.url, PYSPARK_SAFESTOP="1" if run.shim else "0")
     env.pop("PYSPARK_SAFESTOP_REQUIRE_SERVER", None)
     print(f"\n=== {run.title}, {'WITH' if run.shim else 'WITHOUT'} the shim", flush=True)
     started = time.monotonic()
+    activity = Activity(proxy)
     proc = subprocess.Popen(
         run.command,
         cwd=REPO,
@@ -91,10 +120,15 @@ def execute(run: Run, url: str, timeout: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    quiet = activity.quiet_for()
     reader.join(timeout=5)
     run.seconds = time.monotonic() - started
-    if code is None:
-        run.result = f"HUNG: killed after {timeout:.0f} s"
+    if code is None and quiet >= QUIET_FOR_HUNG:
+        run.result = f"HUNG: no RPC for its last {quiet:.0f} s; killed at {timeout:.0f} s"
+    elif code is None:
+        run.result = (
+            f"SLOW: still working (an RPC {quiet:.1f} s before) when killed at {timeout:.0f} s"
+        )
     else:
         run.result = "passed" if code == 0 else f"failed (exit status {code})"
     print(f"=== {run.result} ({run.seconds:.1f} s)", flush=True)
@@ -103,7 +137,7 @@ def execute(run: Run, url: str, timeout: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds before a run is called hung (60)"
+        "--timeout", type=float, default=60.0, help="seconds before a run is killed (60)"
     )
     parser.add_argument("--all", action="store_true", help="run every example without the shim")
     args = parser.parse_args(argv)
@@ -118,16 +152,18 @@ def main(argv: list[str] | None = None) -> int:
             server = stack.enter_context(SparkConnectServer(home, log_path=Path(tmp) / "s.log"))
             proxy = stack.enter_context(FaultProxy(server.url))
             proxy.hang("ReleaseExecute")
+            # The URLs carry the server's token: printed without it.
             print(
-                f"server {server.url}; the examples use {proxy.url}, a proxy in front of it "
-                "where every ReleaseExecute RPC hangs",
+                f"server {server.url.split('/;')[0]}; the examples use "
+                f"{proxy.url.split('/;')[0]}, a proxy in front of it where every "
+                "ReleaseExecute RPC hangs",
                 flush=True,
             )
             todo = runs(proxy.url)
             if args.all:
                 todo += [Run(r.title, r.command, shim=False) for r in todo[2:]]
             for run in todo:
-                execute(run, proxy.url, args.timeout)
+                execute(run, proxy, args.timeout)
 
     print("\nsummary")
     for run in todo:

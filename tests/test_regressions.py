@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pyspark_safestop.testing.catalogue import CASES, Case, run_case
+from pyspark_safestop.testing.catalogue import CASES, WARM_UP, run_case
 from pyspark_safestop.testing.runner import Run
 
 pytestmark = pytest.mark.server
@@ -40,10 +40,7 @@ def outcomes(
     spark_connect_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[tuple[str, bool], Run]:
     workdir = tmp_path_factory.mktemp("scenarios")
-    # A first session and query warm the server's JVM up, so that the runs' first queries are
-    # not all paying for a cold start at once.
-    warm = Case("warm-up", "plain_stop", "", lambda run: None, (), hang=())
-    run_case(warm, spark_connect_url, shim=True)
+    run_case(WARM_UP, spark_connect_url, shim=True)
     runs = [(name, shim) for name in REGRESSIONS for shim in (False, True)]
     # Upstream runs mostly sit in hangs until their stacks prove them: side by side.
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:

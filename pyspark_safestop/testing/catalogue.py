@@ -33,6 +33,7 @@ __all__ = [
     "RELEASE_TIMEOUT",
     "RUN_TIMEOUT",
     "STOP_BOUND",
+    "WARM_UP",
     "WATCHDOG",
     "Case",
     "Check",
@@ -378,6 +379,11 @@ CASES: dict[str, Case] = {
         regression=False,
     ),
 }
+
+
+#: Two sessions and their queries on a healthy connection: a fresh server's JVM warmed up, so
+#: that the measured runs' first queries do not all pay for a cold start at once.
+WARM_UP = Case("warm-up", "plain_stop", "", _metric_stop("first"), (), hang=(), regression=False)
 
 
 def run_case(

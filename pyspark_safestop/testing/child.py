@@ -139,4 +139,4 @@ def stop_with_cap(session: Any, cap: float) -> StopOutcome:
     stopper = threading.Thread(target=session.stop, name="stopper", daemon=True)
     stopper.start()
     stopper.join(cap)
-    return StopOutcome(not stopper.is_alive(), round(time.monotonic() - started, 4))
+    return StopOutcome(not stopper.is_alive(), round(time.monotonic() - started, 6))

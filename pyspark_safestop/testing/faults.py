@@ -262,9 +262,12 @@ class FaultProxy:
 
     # -- counters -------------------------------------------------------------------------------
 
-    def calls(self, method: str) -> int:
-        """How many calls to ``method`` the proxy has received so far."""
+    def calls(self, method: str | None = None) -> int:
+        """How many calls to ``method`` (to any method if ``None``) the proxy has received so
+        far."""
         with self._lock:
+            if method is None:
+                return sum(self._calls.values())
             return self._calls[_short_name(method)]
 
     def faulted(self, method: str) -> int:
