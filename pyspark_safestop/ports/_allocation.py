@@ -203,7 +203,7 @@ def allocate_free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free now, outside the ephemeral range, and leased to us.
 
     The port is chosen at random among ports 10000-65535 outside the kernel's ephemeral range
-    (and outside ``ip_local_reserved_ports``), leased (see the module docstring), and
+    (and outside ``ip_local_reserved_ports``), leased (see :mod:`pyspark_safestop.ports`), and
     checked to be bindable on ``host`` with ``SO_REUSEADDR`` off. The lease lasts until
     :func:`release_port` or the end of the process. Thread-safe; no port is handed out twice
     while leased, within the process or across processes using this module.
@@ -213,7 +213,8 @@ def allocate_free_port(host: str = "127.0.0.1") -> int:
 
     Raises:
         ValueError: ``host`` is empty or cannot be resolved.
-        PermissionError: The lease directory is not owned by the current user.
+        LeaseDirectoryError: The lease directory (see :func:`lease_directory`) could be
+            changed by another user; the message names ``PYSPARK_SAFESTOP_PORT_LEASE_DIR``.
         RuntimeError: No free port was found (the ephemeral range covers 10000-65535, or all
             candidates tried were busy).
     """

@@ -125,7 +125,8 @@ def register_cleanup(
 
     Give exactly one of ``port`` (the listeners on the port are ended with
     :func:`kill_process_on_port` and its checks) or ``pid`` (that very process, identified
-    now by PID and start time, is ended if it still runs). Cleanups run last-registered first,
+    now by PID and start time, is ended if it still runs). ``expect`` and ``timeout`` (0 to
+    one day) are those of :func:`kill_process_on_port`. Cleanups run last-registered first,
     at most once, only in the process that registered them (not in forked children).
 
     On SIGTERM and SIGINT the handler installed before (Python's ``KeyboardInterrupt`` for

@@ -44,8 +44,8 @@ def _still_ours(proc: psutil.Process, target: ProcessInfo) -> bool:
         if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
             return False
         uids = proc.uids()
-    except psutil.NoSuchProcess:
-        return False
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False  # gone, or no longer verifiable: not signalled
     if (uids.real, uids.effective) != (target.uid, target.euid):
         logger.warning(
             "PID %d changed owner to uid %d since it was checked; not signalling it",
