@@ -15,8 +15,10 @@ import sys
 from ._release import release_session_without_shutdown
 from ._settings import SafestopWarning
 from ._shim import activate, install, is_installed, status, uninstall
+from ._watchdog import RpcHangError
 
 __all__ = [
+    "RpcHangError",
     "SafestopWarning",
     "__version__",
     "install",

@@ -42,6 +42,8 @@ __all__ = [
     "pyspark_package_dirs",
     "release_on_exit",
     "release_server_side",
+    "replace_channel",
+    "server_address",
     "session_builder",
     "shutdown_release_pool_nowait",
     "token_needs_channel_builder",
@@ -93,6 +95,9 @@ class Layout:
     #: What goes wrong on this line without the shim, as the regression tests reproduce it
     #: (``doctor`` reports it).
     symptom: str
+    #: The client's gRPC stubs, as dotted attribute paths from the client: the watchdog gives
+    #: each a stub on its intercepted channel (the client holds the channel's stubs, not it).
+    stubs: tuple[str, ...]
     targets: tuple[Target, ...]
 
 
@@ -105,6 +110,7 @@ LAYOUT_3_5 = Layout(
     pool_shutdown="close",
     symptom="stop() hangs forever when a ReleaseExecute RPC hangs, and so does every session "
     "after it",
+    stubs=("_stub", "_artifact_manager._stub"),
     targets=(_TRACK, _STOP, _CLOSE),
 )
 LAYOUT_4_0 = Layout(
@@ -114,6 +120,8 @@ LAYOUT_4_0 = Layout(
     pool_shutdown="shutdown",
     symptom="stop() hangs forever when a ReleaseExecute or ReleaseSession RPC hangs; "
     + _HANGS_AT_EXIT,
+    # 4.0 made _stub a property that refuses a closed client; the stub itself moved.
+    stubs=("_internal_stub", "_artifact_manager._stub"),
     targets=(_TRACK, _STOP, _CLOSE, _RELEASE),
 )
 LAYOUT_4_1 = replace(LAYOUT_4_0, name="4.1")
@@ -396,9 +404,8 @@ def _local_token_channel_builder(url: str) -> Any:
 
 def server_address(client: Any) -> str:
     """Return ``host:port`` of the client's server (never its URL, which may hold a token)."""
-    builder = getattr(client, "_builder", None)
     try:
-        return str(builder.endpoint)
+        return str(client._builder.endpoint)
     except Exception:
         return "?"
 

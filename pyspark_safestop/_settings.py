@@ -21,13 +21,16 @@ from dataclasses import dataclass
 __all__ = [
     "DEFAULT_RELEASE_TIMEOUT",
     "ENV_ENABLED",
+    "ENV_HANG_TIMEOUT",
     "ENV_RELEASE_TIMEOUT",
     "MAX_TIMEOUT",
     "SafestopWarning",
     "Settings",
     "enabled_from_env",
     "environment_problems",
+    "hang_timeout_from_env",
     "release_timeout_from_env",
+    "validate_hang_timeout",
     "validate_timeout",
     "warn",
 ]
@@ -36,6 +39,7 @@ logger = logging.getLogger("pyspark_safestop")
 
 ENV_ENABLED = "PYSPARK_SAFESTOP"
 ENV_RELEASE_TIMEOUT = "PYSPARK_SAFESTOP_RELEASE_TIMEOUT"
+ENV_HANG_TIMEOUT = "PYSPARK_SAFESTOP_HANG_TIMEOUT"
 
 #: Seconds allowed for the server-side ``ReleaseSession`` RPC when nothing else is configured.
 DEFAULT_RELEASE_TIMEOUT = 5.0
@@ -63,6 +67,8 @@ class Settings:
     """The settings in force while the shim is installed."""
 
     release_timeout: float
+    #: Seconds an RPC may wait for its next response before it is declared hung (None: off).
+    hang_timeout: float | None = None
 
 
 def warn(message: str, stacklevel: int = 2) -> None:
@@ -114,6 +120,19 @@ def _read_release_timeout() -> tuple[float, str | None]:
         )
 
 
+def _read_hang_timeout() -> tuple[float | None, str | None]:
+    raw = os.environ.get(ENV_HANG_TIMEOUT)
+    if raw is None or not raw.strip():
+        return None, None
+    try:
+        return validate_hang_timeout(float(raw), ENV_HANG_TIMEOUT), None
+    except ValueError:
+        return None, (
+            f"{ENV_HANG_TIMEOUT}={raw!r} is not a number of seconds up to {MAX_TIMEOUT:g} "
+            "(0: off); the hang watchdog stays off"
+        )
+
+
 def enabled_from_env() -> bool:
     """Return whether ``PYSPARK_SAFESTOP`` allows the shim (unset means yes).
 
@@ -139,13 +158,25 @@ def release_timeout_from_env() -> float:
     return seconds
 
 
+def hang_timeout_from_env() -> float | None:
+    """Return ``PYSPARK_SAFESTOP_HANG_TIMEOUT`` in seconds, or ``None`` (the watchdog is off).
+
+    Unset, blank or ``0`` means off. Any other value that is not a positive number of seconds
+    up to :data:`MAX_TIMEOUT` gives one warning and leaves the watchdog off.
+    """
+    seconds, problem = _read_hang_timeout()
+    if problem is not None:
+        _warn_once(ENV_HANG_TIMEOUT, os.environ.get(ENV_HANG_TIMEOUT, ""), problem)
+    return seconds
+
+
 def environment_problems() -> list[str]:
     """Return a message for each environment variable whose value is replaced by a default.
 
     Nothing is warned: this is for reports (pytest's header, ``doctor``), which show the
     problem however warnings and logging are configured.
     """
-    found = (_read_enabled()[1], _read_release_timeout()[1])
+    found = (_read_enabled()[1], _read_release_timeout()[1], _read_hang_timeout()[1])
     return [problem for problem in found if problem is not None]
 
 
@@ -174,3 +205,13 @@ def validate_timeout(value: object, name: str) -> float:
             f"got {_shown(value)}"
         )
     return float(value)
+
+
+def validate_hang_timeout(value: object, name: str = "hang_timeout") -> float | None:
+    """Return the hang timeout ``value`` in seconds, or ``None`` for ``0`` (off).
+
+    Raises ``ValueError`` naming ``name`` as :func:`validate_timeout` does.
+    """
+    if not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0:
+        return None
+    return validate_timeout(value, name)

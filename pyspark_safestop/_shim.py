@@ -13,7 +13,9 @@ from ._settings import (
     ENV_ENABLED,
     Settings,
     enabled_from_env,
+    hang_timeout_from_env,
     release_timeout_from_env,
+    validate_hang_timeout,
     validate_timeout,
     warn,
 )
@@ -29,7 +31,7 @@ _PATCHER = Patcher(ROLES, enabled=lambda: STATE.installed)
 _unknown_warned = threading.Event()
 
 
-def install(*, release_timeout: float | None = None) -> bool:
+def install(*, release_timeout: float | None = None, hang_timeout: float | None = None) -> bool:
     """Activate the shim; return whether it is active after the call.
 
     Patches Spark Connect's ``SparkSession`` and ``SparkConnectClient`` at once if they are
@@ -40,17 +42,27 @@ def install(*, release_timeout: float | None = None) -> bool:
     ``release_timeout`` bounds the server-side release in ``stop()``, in seconds (default:
     ``PYSPARK_SAFESTOP_RELEASE_TIMEOUT``, else 5). Raises ``ValueError`` if it is not a
     positive number of seconds up to ``MAX_TIMEOUT`` (one day).
+
+    ``hang_timeout`` turns the hang watchdog on for the sessions created from now on: an RPC
+    that waits that many seconds for its next response is cancelled and its caller gets
+    :class:`~pyspark_safestop.RpcHangError` (default: ``PYSPARK_SAFESTOP_HANG_TIMEOUT``, else
+    off; ``0`` turns it off). Raises ``ValueError`` as for ``release_timeout``.
     """
     seconds = (
         release_timeout_from_env()
         if release_timeout is None
         else validate_timeout(release_timeout, "release_timeout")
     )
+    hang = (
+        hang_timeout_from_env()
+        if hang_timeout is None
+        else validate_hang_timeout(hang_timeout, "hang_timeout")
+    )
     if not enabled_from_env():
         logger.warning("install() ignored: %s disables pyspark-safestop", ENV_ENABLED)
         return False
     with LOCK:
-        STATE.settings = Settings(release_timeout=seconds)
+        STATE.settings = Settings(release_timeout=seconds, hang_timeout=hang)
         if STATE.installed:
             logger.debug("install(): already installed; settings updated")
             return True
@@ -134,7 +146,10 @@ def status() -> dict[str, Any]:
             "release_session_rpc": layout.release_session_rpc if layout else None,
             "stop_mode": stop_mode,
             "patches": _PATCHER.applied(),
-            "settings": {"release_timeout": STATE.settings.release_timeout},
+            "settings": {
+                "release_timeout": STATE.settings.release_timeout,
+                "hang_timeout": STATE.settings.hang_timeout,
+            },
             "live_sessions": len(_sessions.live()),
         }
 

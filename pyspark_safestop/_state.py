@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ._layouts import Layout
-from ._settings import Settings, release_timeout_from_env
+from ._settings import Settings, hang_timeout_from_env, release_timeout_from_env
 
 __all__ = ["LOCK", "STATE", "State"]
 
@@ -16,7 +16,9 @@ class State:
     """Whether the shim is installed, with which settings, on which detected layout."""
 
     installed: bool = False
-    settings: Settings = field(default_factory=lambda: Settings(release_timeout_from_env()))
+    settings: Settings = field(
+        default_factory=lambda: Settings(release_timeout_from_env(), hang_timeout_from_env())
+    )
     layout: Layout | None = None
     #: Why no layout is known: "not-imported" (yet) or "unknown" (structure not recognised).
     layout_problem: str | None = "not-imported"

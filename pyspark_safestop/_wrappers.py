@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from . import _layouts, _sessions
+from . import _layouts, _sessions, _watchdog
 from ._release import release_and_close, wants_release
 from ._state import STATE
 
@@ -24,11 +24,19 @@ _Wrapped = Callable[..., Any]
 def track_session(
     wrapped: _Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """``SparkSession.__init__``: remember the session (weakly) for the exit path."""
+    """``SparkSession.__init__``: remember the session (weakly) for the exit path; with a hang
+    timeout set, route its client's RPCs through the watchdog."""
     result = wrapped(*args, **kwargs)
     if instance is not None:
         _sessions.add(instance)
+        if STATE.settings.hang_timeout is not None and STATE.layout is not None:
+            _watchdog.watch_client(instance.client, STATE.layout, _hang_timeout)
     return result
+
+
+def _hang_timeout() -> float | None:
+    # Read at every call: install() may change it, and uninstall() turns the watchdog off.
+    return STATE.settings.hang_timeout if STATE.installed else None
 
 
 def stop(wrapped: _Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

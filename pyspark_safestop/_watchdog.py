@@ -1,0 +1,394 @@
+"""The hang watchdog: a Spark Connect RPC that waits too long for its next response is cancelled,
+and its caller gets :class:`RpcHangError` naming the call; the session stays usable.
+
+Off unless a hang timeout is set (``PYSPARK_SAFESTOP_HANG_TIMEOUT``, ``install(hang_timeout=)``,
+``--safestop-hang-timeout``). Each Spark Connect client created while it is on talks through an
+intercepted channel:
+
+- a response stream (``ExecutePlan``, ``ReattachExecute``) is hung when its reader has waited the
+  timeout for the *next* response: a query that keeps streaming results is never hung. One
+  monitor thread watches the streams being read and cancels the call of the one that ran out;
+- a call with a single response (``AnalyzePlan``, ``Config``, ``AddArtifacts``, ...) gets the
+  timeout as its deadline, unless the caller's own deadline is shorter.
+
+Only the hung call is cancelled, not the channel, so the next call of the same session works.
+Its caller gets ``RpcHangError``, which is no ``grpc.RpcError``: the client's retry policies,
+which retry only gRPC errors, do not turn it into another attempt that would hang again. Every
+hang is also recorded, with the stacks of all threads at the moment it was declared, for the
+pytest plugin's report.
+
+Nothing here uses signals, so it works in any thread, under pytest-xdist and in a debugger.
+grpc is imported only when a client is watched (pyspark's client has imported it by then).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import _layouts
+
+__all__ = ["RpcHang", "RpcHangError", "hangs_since", "watch_client"]
+
+logger = logging.getLogger("pyspark_safestop")
+
+#: Returns the hang timeout in force, in seconds, or None when the watchdog is off.
+TimeoutSource = Callable[[], "float | None"]
+
+
+@dataclass(frozen=True)
+class RpcHang:
+    """One RPC declared hung: what it was, where it went, how long it waited."""
+
+    method: str
+    session_id: str
+    operation_id: str
+    address: str
+    waited: float
+    thread: str
+    #: The stacks of all threads of the process when the hang was declared.
+    stacks: str
+
+    def describe(self) -> str:
+        """One sentence naming the call, for error messages and reports."""
+        operation = f", operation {self.operation_id}" if self.operation_id else ""
+        return (
+            f"Spark Connect RPC {self.method} hung: no response for {self.waited:.1f} s "
+            f"(session {self.session_id or '?'}{operation}, server {self.address}, "
+            f"thread {self.thread!r}); the call was cancelled and the session can go on"
+        )
+
+
+class RpcHangError(TimeoutError):
+    """A Spark Connect RPC waited longer than the hang timeout for its next response.
+
+    ``hang`` holds the details: the RPC method, the session and operation ids, the server
+    address, the seconds waited and the stacks of all threads when it was declared.
+    """
+
+    def __init__(self, hang: RpcHang) -> None:
+        super().__init__(hang.describe())
+        self.hang = hang
+
+
+# -- the record of hangs ---------------------------------------------------------------------
+
+_hangs: list[RpcHang] = []
+_hangs_lock = threading.Lock()
+
+
+def _record(hang: RpcHang) -> None:
+    with _hangs_lock:
+        _hangs.append(hang)
+    logger.warning("%s", hang.describe())
+
+
+def hangs_since(index: int) -> tuple[int, list[RpcHang]]:
+    """Return the number of hangs recorded so far and those recorded after the first ``index``."""
+    with _hangs_lock:
+        return len(_hangs), _hangs[index:]
+
+
+def _thread_stacks() -> str:
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        stack = "".join(traceback.format_stack(frame))
+        parts.append(f"Thread {names.get(ident, '?')!r} ({ident}):\n{stack}")
+    return "\n".join(parts)
+
+
+def _declare(
+    method: str,
+    *,
+    session_id: str,
+    request: Any,
+    operation_id: str,
+    address: str,
+    waited: float,
+    thread: str,
+) -> RpcHang:
+    hang = RpcHang(
+        method=method,
+        session_id=session_id,
+        operation_id=operation_id or str(getattr(request, "operation_id", "") or ""),
+        address=address,
+        waited=waited,
+        thread=thread,
+        stacks=_thread_stacks(),
+    )
+    _record(hang)
+    return hang
+
+
+def _method_name(details: Any) -> str:
+    method = details.method
+    if isinstance(method, bytes):
+        method = method.decode("utf-8", "replace")
+    return str(method).rsplit("/", 1)[-1]
+
+
+# -- streams: one monitor thread ---------------------------------------------------------------
+
+
+class _Monitor:
+    """Cancels the call of every stream whose reader has waited past its deadline."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._waiting: dict[int, _WatchedStream] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, stream: _WatchedStream) -> None:
+        with self._condition:
+            self._waiting[id(stream)] = stream
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="pyspark-safestop-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._condition.notify()
+
+    def unwatch(self, stream: _WatchedStream) -> None:
+        with self._condition:
+            self._waiting.pop(id(stream), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                now = time.monotonic()
+                due = [s for s in self._waiting.values() if s.deadline <= now]
+                for stream in due:
+                    del self._waiting[id(stream)]
+                if not due:
+                    nearest = min((s.deadline for s in self._waiting.values()), default=None)
+                    self._condition.wait(None if nearest is None else nearest - now)
+                    continue
+            for stream in due:  # outside the lock: cancelling runs gRPC callbacks
+                try:
+                    stream.declare_hung()
+                except Exception:
+                    logger.debug("could not cancel a hung stream", exc_info=True)
+
+    def after_fork(self) -> None:
+        # The child has no monitor thread, and the parent's streams are not its own.
+        self._condition = threading.Condition()
+        self._waiting = {}
+        self._thread = None
+
+
+_MONITOR = _Monitor()
+
+
+class _WatchedStream:
+    """A response stream whose every wait for the next response is bounded."""
+
+    def __init__(self, call: Any, method: str, request: Any, owner: Any) -> None:
+        self._call = call
+        self._method = method
+        self._request = request
+        self._owner = owner
+        self._operation_id = ""
+        self._reader = ""
+        self._since = 0.0
+        self.deadline = 0.0
+        self._hang: RpcHang | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        import grpc
+
+        seconds = self._owner.timeout()
+        if seconds is None:
+            return next(self._call)
+        self._reader = threading.current_thread().name
+        self._since = time.monotonic()
+        self.deadline = self._since + seconds
+        _MONITOR.watch(self)
+        try:
+            response = next(self._call)
+        except grpc.RpcError:
+            if self._hang is not None:
+                raise RpcHangError(self._hang) from None
+            raise
+        finally:
+            _MONITOR.unwatch(self)
+        if not self._operation_id:
+            self._operation_id = str(getattr(response, "operation_id", "") or "")
+        return response
+
+    def declare_hung(self) -> None:
+        """Record the hang and cancel this call (only this one), waking its reader."""
+        waited = time.monotonic() - self._since
+        owner = self._owner
+        self._hang = _declare(
+            self._method,
+            session_id=owner.session_id,
+            request=self._request,
+            operation_id=self._operation_id,
+            address=owner.address,
+            waited=waited,
+            thread=self._reader,
+        )
+        self._call.cancel()
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else a gRPC call offers (cancel, code, trailing_metadata, ...).
+        return getattr(self._call, name)
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_MONITOR.after_fork)
+
+
+# -- single responses: a deadline --------------------------------------------------------------
+
+
+class _Failed:
+    """What a unary interceptor returns for a hung call: ``result()`` raises the hang."""
+
+    def __init__(self, error: RpcHangError) -> None:
+        self._error = error
+
+    def result(self, timeout: float | None = None) -> Any:
+        raise self._error
+
+    def exception(self, timeout: float | None = None) -> BaseException:
+        return self._error
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self._error.__traceback__
+
+    def done(self) -> bool:
+        return True
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+    def initial_metadata(self) -> Any:
+        return None
+
+    def trailing_metadata(self) -> Any:
+        return None
+
+    def code(self) -> Any:
+        import grpc
+
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return str(self._error)
+
+
+_INTERCEPTOR_CLASS: type | None = None
+
+
+def _interceptor_class() -> type:
+    """The interceptor class, made on first use so that importing this module imports no grpc."""
+    global _INTERCEPTOR_CLASS
+    if _INTERCEPTOR_CLASS is not None:
+        return _INTERCEPTOR_CLASS
+    import grpc
+
+    fields = ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+
+    class _Details(grpc.ClientCallDetails):
+        """The caller's call details with another deadline."""
+
+        def __init__(self, details: Any, timeout: float) -> None:
+            for name in fields:
+                setattr(self, name, getattr(details, name, None))
+            self.timeout = timeout
+
+    class HangInterceptor(
+        grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg,misc,unused-ignore]
+        grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg,misc,unused-ignore]
+        grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg,misc,unused-ignore]
+    ):
+        def __init__(self, address: str, session_id: str, timeout: TimeoutSource) -> None:
+            self.address = address
+            self.session_id = session_id
+            self.timeout = timeout
+
+        def _single(self, continuation: Any, details: Any, request: Any) -> Any:
+            seconds = self.timeout()
+            own = getattr(details, "timeout", None)
+            if seconds is None or (own is not None and own <= seconds):
+                return continuation(details, request)
+            started = time.monotonic()
+            outcome = continuation(_Details(details, seconds), request)
+            code = getattr(outcome, "code", None)
+            if callable(code) and code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                hang = _declare(
+                    _method_name(details),
+                    session_id=self.session_id,
+                    request=request,
+                    operation_id="",
+                    address=self.address,
+                    waited=time.monotonic() - started,
+                    thread=threading.current_thread().name,
+                )
+                return _Failed(RpcHangError(hang))
+            return outcome
+
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return self._single(continuation, details, request)
+
+        def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+            return self._single(continuation, details, requests)
+
+        def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            call = continuation(details, request)
+            if self.timeout() is None:
+                return call
+            return _WatchedStream(call, _method_name(details), request, self)
+
+    _INTERCEPTOR_CLASS = HangInterceptor
+    return HangInterceptor
+
+
+def watch_client(client: Any, layout: _layouts.Layout, timeout: TimeoutSource) -> bool:
+    """Route ``client``'s RPCs through the watchdog; return whether it was done now.
+
+    ``timeout`` is asked at every call, so a later change of the setting applies to this
+    client too (``None``: calls pass through untouched).
+    """
+    import grpc
+
+    interceptor_class = _interceptor_class()
+    if getattr(client, "_safestop_watched", False):
+        return False
+    interceptor = interceptor_class(
+        _layouts.server_address(client), str(getattr(client, "_session_id", "")), timeout
+    )
+    channel = grpc.intercept_channel(client._channel, interceptor)
+    _layouts.replace_channel(client, layout, channel)
+    client._safestop_watched = True
+    return True
