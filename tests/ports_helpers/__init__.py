@@ -14,6 +14,7 @@ import contextlib
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +35,12 @@ LISTENER = HELPERS / "listener.py"
 ALLOCATOR = HELPERS / "allocator.py"
 CLEANUP_TARGET = HELPERS / "cleanup_target.py"
 FORKER = HELPERS / "forker.py"
+
+#: Every kill in the tests names the listener's script: if anything else ever listened on a
+#: test's port, the call would refuse instead of ending it.
+OURS = str(LISTENER)
+#: For calls on ports where nothing should listen at all.
+NO_SUCH_COMMAND = "no process has this in its command line 7f3c9e"
 
 #: Seconds allowed for a helper to print its first line (generous: CI machines can be slow).
 STARTUP_TIMEOUT = 60.0
@@ -126,6 +133,15 @@ def read_line(proc: subprocess.Popen[str], timeout: float = STARTUP_TIMEOUT) -> 
     """The next line ``proc`` (a :class:`Child`) prints; see :meth:`Child.read_line`."""
     assert isinstance(proc, Child)
     return proc.read_line(timeout)
+
+
+def skip_without_ipv6_loopback() -> None:
+    """Skip the test, with the reason, where ``::1`` cannot be bound."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as error:
+        pytest.skip(f"no IPv6 loopback: {error}")
 
 
 def is_gone(pid: int, create_time: float) -> bool:
