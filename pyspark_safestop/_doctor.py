@@ -193,6 +193,8 @@ def _pth_state(files: dict[str, str | None], probe: dict[str, Any]) -> tuple[boo
     pth = files[PTH_FILE]
     if pth is None:
         return False, "not installed (no pyspark_safestop.pth on sys.path)"
+    if probe.get("boot_missing"):
+        return False, f"{pth} is left without its module: reinstall pyspark-safestop or delete it"
     if not probe.get("boot_processed"):
         return False, f"{pth} is not processed here (python -S, or not a site directory)"
     state = probe.get("boot_state_after") or probe.get("boot_state")

@@ -58,6 +58,8 @@ def main() -> None:
     boot = sys.modules.get(BOOT)
     found: dict[str, object] = {
         "boot_processed": BOOT in sys.modules,
+        # None: the .pth line ran but found no module (a half-removed install).
+        "boot_missing": BOOT in sys.modules and boot is None,
         "boot_state": getattr(boot, "state", None) if boot is not None else None,
         "imported_before": "pyspark_safestop" in sys.modules,
         "connect_error": import_connect(),

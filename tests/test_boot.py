@@ -89,6 +89,13 @@ def test_missing_boot_module_costs_one_line(site_dir: Path) -> None:
     assert lines[0].endswith(f"delete {site_dir / 'pyspark_safestop.pth'}")
 
 
+def test_missing_boot_module_is_reported_once_per_interpreter(site_dir: Path) -> None:
+    # Python 3.11's site processes a virtual environment's site-packages twice.
+    (site_dir / "_pyspark_safestop_boot.py").unlink()
+    result = run(site_dir, "process_site(); process_site()\nreport(state=boot_state())\n")
+    assert len(result["stderr"].splitlines()) == 1, result["stderr"]
+
+
 def test_error_in_boot_is_one_line_once(site_dir: Path) -> None:
     result = run(
         site_dir,

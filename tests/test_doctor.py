@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop._doctor import KNOWN_PROBLEMS, decide
+from pyspark_safestop._doctor import KNOWN_PROBLEMS, PTH_FILE, START_FILE, _pth_state, decide
 from pyspark_safestop._layouts import LAYOUTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +70,16 @@ def test_unimportable_client_is_not_a_problem() -> None:
     verdict = decide(**{**FACTS, "layout": None, "connect_error": "No module named 'grpc'"})
     assert (verdict.ok, verdict.bug) == (True, False)
     assert "grpc" in verdict.summary
+
+
+def test_a_pth_left_without_its_module_is_named() -> None:
+    files: dict[str, str | None] = {PTH_FILE: "/site/pyspark_safestop.pth", START_FILE: None}
+    active, text = _pth_state(files, {"boot_processed": True, "boot_missing": True})
+    assert not active
+    assert text == (
+        "/site/pyspark_safestop.pth is left without its module: reinstall pyspark-safestop or "
+        "delete it"
+    )
 
 
 def doctor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

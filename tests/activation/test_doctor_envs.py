@@ -52,6 +52,29 @@ def test_plugin_only_without_the_pth(wheel_env: Env) -> None:
     assert report["activation"]["pth"]["active"] is False
 
 
+def test_bad_values_with_warnings_as_errors(wheel_env: Env) -> None:
+    # The probe interpreter inherits PYTHONWARNINGS: the .pth activates it all the same, and
+    # the report names both bad values.
+    code, report = doctor(
+        wheel_env,
+        PYTHONWARNINGS="error",
+        PYSPARK_SAFESTOP="maybe",
+        PYSPARK_SAFESTOP_RELEASE_TIMEOUT="nan",
+    )
+    assert code == 0, report
+    assert (report["bug"], report["shim"]["active"]) == (True, "everywhere")
+    assert report["settings"]["release_timeout"] == 5.0
+    problems = report["settings"]["problems"]
+    assert [problem.split("=")[0] for problem in problems] == [
+        "PYSPARK_SAFESTOP",
+        "PYSPARK_SAFESTOP_RELEASE_TIMEOUT",
+    ]
+    code, text = doctor_text(wheel_env, PYSPARK_SAFESTOP_RELEASE_TIMEOUT="1e10")
+    assert code == 0
+    assert "bad setting" in text
+    assert "PYSPARK_SAFESTOP_RELEASE_TIMEOUT='1e10' is not a positive number" in text
+
+
 def test_no_pyspark(bare_env: Env) -> None:
     code, text = doctor_text(bare_env)
     assert code == 0
