@@ -47,6 +47,7 @@ from ._settings import (
     environment_problems,
     validate_timeout,
 )
+from ._watchdog import hangs_since
 
 __all__ = [
     "ENV_REQUIRE_SERVER",
@@ -74,6 +75,8 @@ class PluginSettings:
 
     remote: str | None = None
     release_timeout: float | None = None
+    #: Seconds an RPC may wait for its next response (None: from the environment, 0: off).
+    hang_timeout: float | None = None
     start_timeout: float = DEFAULT_START_TIMEOUT
     server_conf: dict[str, str] = field(default_factory=dict)
     spark_home: str | None = None
@@ -82,6 +85,8 @@ class PluginSettings:
 
 _SETTINGS = pytest.StashKey[PluginSettings]()
 _SERVER = pytest.StashKey[SparkConnectServer]()
+#: How many hangs the watchdog had recorded when a test started, and how many were reported.
+_HANGS_SEEN = pytest.StashKey[list[int]]()
 
 
 # -- options ------------------------------------------------------------------------------------
@@ -105,6 +110,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "release-timeout",
         "seconds allowed for the server-side release in stop() "
         "(ini: safestop_release_timeout; default: PYSPARK_SAFESTOP_RELEASE_TIMEOUT, else 5)",
+        metavar="SECONDS",
+    )
+    option(
+        "hang-timeout",
+        "declare a Spark Connect RPC hung after this many seconds without its next response: "
+        "the call is cancelled, the test fails with RpcHangError and a report of the call "
+        "(ini: safestop_hang_timeout; default: PYSPARK_SAFESTOP_HANG_TIMEOUT, else off; 0: off)",
         metavar="SECONDS",
     )
     option(
@@ -135,6 +147,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("safestop_remote", "Spark Connect URL to use instead of a local server")
     parser.addini("safestop_release_timeout", "seconds allowed for the release in stop()")
+    parser.addini("safestop_hang_timeout", "seconds an RPC may wait for its next response")
     parser.addini("safestop_server_start_timeout", "seconds the local server may take to start")
     parser.addini("safestop_server_conf", "extra Spark confs, KEY=VALUE per line", type="linelist")
     parser.addini("safestop_spark_home", "Spark distribution with the server jars")
@@ -157,6 +170,16 @@ def _seconds(text: object, name: str) -> float:
         ) from None
 
 
+def _hang_seconds(text: object) -> float:
+    # 0 turns the watchdog off, also against PYSPARK_SAFESTOP_HANG_TIMEOUT.
+    try:
+        if float(str(text)) == 0:
+            return 0.0
+    except ValueError:
+        pass
+    return _seconds(text, "--safestop-hang-timeout")
+
+
 def read_settings(config: pytest.Config) -> PluginSettings:
     """Validate the plugin's options and ini keys; raise ``pytest.UsageError`` on a bad one."""
     remote = _raw(config, "remote")
@@ -168,6 +191,7 @@ def read_settings(config: pytest.Config) -> PluginSettings:
                 f"--safestop-remote / safestop_remote must be sc://HOST:PORT, got {remote!r}"
             )
     timeout = _raw(config, "release_timeout")
+    hang = _raw(config, "hang_timeout")
     start = _raw(config, "server_start_timeout")
     conf: dict[str, str] = {}
     lines = list(config.getini("safestop_server_conf") or [])
@@ -184,6 +208,8 @@ def read_settings(config: pytest.Config) -> PluginSettings:
     home = _raw(config, "spark_home")
     if timeout is not None:
         timeout = _seconds(timeout, "--safestop-release-timeout")
+    if hang is not None:
+        hang = _hang_seconds(hang)
     start = (
         DEFAULT_START_TIMEOUT
         if start is None
@@ -192,6 +218,7 @@ def read_settings(config: pytest.Config) -> PluginSettings:
     return PluginSettings(
         remote=remote,
         release_timeout=timeout,
+        hang_timeout=hang,
         start_timeout=start,
         server_conf=conf,
         spark_home=None if home is None else str(home),
@@ -204,11 +231,12 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Validate the settings; apply the release timeout to the shim."""
+    """Validate the settings; apply the release and hang timeouts to the shim."""
     settings = read_settings(config)
     config.stash[_SETTINGS] = settings
-    if settings.release_timeout is not None and enabled_from_env() and is_installed():
-        install(release_timeout=settings.release_timeout)
+    chosen = settings.release_timeout is not None or settings.hang_timeout is not None
+    if chosen and enabled_from_env() and is_installed():
+        install(release_timeout=settings.release_timeout, hang_timeout=settings.hang_timeout)
     if _is_xdist_worker(config) and "SPARK_HOME" not in os.environ:
         # pyspark 4.2+ takes a `python -c` main, which an xdist worker is, for a doctest run:
         # importing its Connect client then exits unless a Spark home is found, which the thin
@@ -250,7 +278,12 @@ def describe_shim() -> str:
     else:
         where = f"pyspark {version}, Spark Connect client not importable"
     timeout = info["settings"]["release_timeout"]
-    line = f"pyspark-safestop {__version__}: {state}; {where}; release timeout {timeout:g} s"
+    hang = info["settings"]["hang_timeout"]
+    watchdog = "off" if hang is None else f"{hang:g} s"
+    line = (
+        f"pyspark-safestop {__version__}: {state}; {where}; release timeout {timeout:g} s; "
+        f"hang watchdog {watchdog}"
+    )
     # Here too, because a warning about them may have gone to the logger (warnings as errors).
     return "".join([line, *(f"; bad setting: {problem}" for problem in environment_problems())])
 
@@ -266,13 +299,38 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Note how many RPC hangs were recorded before this test (its report shows the new ones)."""
+    count, _ = hangs_since(0)
+    item.stash[_HANGS_SEEN] = [count]
+
+
+def _hang_sections(item: pytest.Item) -> list[tuple[str, str]]:
+    seen = item.stash.get(_HANGS_SEEN, None)
+    if seen is None:
+        return []
+    count, new = hangs_since(seen[0])
+    seen[0] = count
+    return [
+        (
+            "Spark Connect RPC hung",
+            f"{hang.describe()}\n\nThreads when it was declared:\n{hang.stacks}",
+        )
+        for hang in new
+    ]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, Any, None]:
-    """Attach the tail of the server's log to the report of a failing test that used it."""
+    """Attach to the report of a failing test the RPCs declared hung while it ran (with every
+    thread's stack), and the tail of the server's log if it used the local server."""
     outcome = yield
     report = outcome.get_result()
+    if report.failed:
+        report.sections.extend(_hang_sections(item))
     server = item.config.stash.get(_SERVER, None)
     used = "spark_connect_server" in getattr(item, "fixturenames", ())
     if report.failed and server is not None and used:
