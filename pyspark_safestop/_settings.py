@@ -92,7 +92,7 @@ def _warn_once(name: str, value: str, message: str) -> None:
             return
         _warned.add((name, value))
     # A warning, not only a log record: it reaches the user whatever logging is configured.
-    warn(message, stacklevel=4)
+    warn(message, stacklevel=3)
 
 
 def _read_enabled() -> tuple[bool, str | None]:
