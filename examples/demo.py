@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import os
 import signal
 import subprocess
@@ -53,8 +54,18 @@ class Run:
     seconds: float = 0.0
 
 
+def _plugin_option() -> list[str]:
+    """``-p pyspark_safestop.plugin`` where the package is importable but not installed (a
+    checkout on ``PYTHONPATH``): an installed one registers its plugin itself."""
+    found = importlib.metadata.entry_points()
+    # select(): Python 3.10+; a dict of groups before.
+    group = found.select(group="pytest11") if hasattr(found, "select") else found.get("pytest11", [])
+    installed = any(ep.name == "pyspark_safestop" for ep in group)
+    return [] if installed else ["-p", "pyspark_safestop.plugin"]
+
+
 def runs(url: str) -> list[Run]:
-    pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v"]
+    pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *_plugin_option(), "-v"]
     suite = [str(HERE / "test_class_sessions.py"), "--safestop-remote", url]
     return [
         Run("pytest suite, class-scoped sessions", [*pytest, *suite], shim=False),

@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import errno
-import socket
 from dataclasses import dataclass
 
+# The server's own guard: a client of localhost may try [::1] first and would send its token
+# to whoever listens there.
+from pyspark_safestop._server import _reserve_ipv6_loopback as hold_ipv6_loopback
+
 __all__ = ["Upstream", "hold_ipv6_loopback"]
-
-
-def hold_ipv6_loopback(port: int) -> socket.socket | None:
-    """Hold ``[::1]:PORT`` (bound, never listening) so that no one else listens there.
-
-    A client of ``localhost`` may try ``[::1]`` first, and would send its token to whoever
-    listens there. ``None`` where IPv6 loopback does not exist; ``RuntimeError`` when another
-    process holds it.
-    """
-    try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    except OSError:
-        return None
-    try:
-        sock.bind(("::1", port))
-    except OSError as error:
-        sock.close()
-        if error.errno == errno.EADDRINUSE:
-            raise RuntimeError(f"another process holds [::1]:{port}") from None
-        return None
-    return sock
 
 
 @dataclass(frozen=True)

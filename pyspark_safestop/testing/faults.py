@@ -89,31 +89,21 @@ def _short_name(method: str) -> str:
     return method.rsplit("/", 1)[-1]
 
 
-def _clean_metadata(metadata: Any) -> _Metadata:
-    """Metadata that may be passed on as-is to another gRPC call."""
+def _clean_metadata(metadata: Any, keep: frozenset[str] = frozenset()) -> _Metadata:
+    """Metadata that may be passed on as-is to another gRPC call (with the reserved keys in
+    ``keep`` kept)."""
     if not metadata:
         return ()
     out: list[tuple[str, str | bytes]] = []
     for key, value in metadata:
         k = str(key).lower()
-        if k in _RESERVED_KEYS or k.startswith(_RESERVED_PREFIXES):
-            continue
-        out.append((k, value))
-    return tuple(out)
-
-
-def _relay_trailers(metadata: Any) -> _Metadata:
-    """Trailing metadata to re-send, keeping ``grpc-status-details-bin``."""
-    if not metadata:
-        return ()
-    out: list[tuple[str, str | bytes]] = []
-    for key, value in metadata:
-        k = str(key).lower()
-        if k == "grpc-status-details-bin" or not (
-            k in _RESERVED_KEYS or k.startswith(_RESERVED_PREFIXES)
-        ):
+        if k in keep or not (k in _RESERVED_KEYS or k.startswith(_RESERVED_PREFIXES)):
             out.append((k, value))
     return tuple(out)
+
+
+#: Trailers carry Spark Connect's rich error details.
+_TRAILERS_KEPT = frozenset({"grpc-status-details-bin"})
 
 
 def _check_every(every: int) -> int:
@@ -497,7 +487,9 @@ class FaultProxy:
             error = exc
         # Trailers carry Spark Connect's rich error details (grpc-status-details-bin): relay
         # them on success and failure alike.
-        context.set_trailing_metadata(_relay_trailers(upstream_call.trailing_metadata()))
+        context.set_trailing_metadata(
+            _clean_metadata(upstream_call.trailing_metadata(), keep=_TRAILERS_KEPT)
+        )
         if error is not None and context.is_active():
             code = upstream_call.code()
             details = upstream_call.details()
