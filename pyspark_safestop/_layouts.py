@@ -33,6 +33,7 @@ __all__ = [
     "SESSION_MODULE",
     "Layout",
     "Target",
+    "call_metadata",
     "close_channel",
     "detect",
     "detect_loaded",
@@ -292,6 +293,21 @@ def release_on_exit(client: Any) -> bool:
     return bool(getattr(client, "_release_session_on_exit", False))
 
 
+#: Client methods giving the metadata of a call, most specific first. Databricks Connect adds
+#: per-thread headers through its own (``metadata()`` in 16.1, ``_builder_metadata()`` later);
+#: Apache PySpark's clients have neither and send their channel builder's.
+_METADATA_METHODS = ("_builder_metadata", "metadata")
+
+
+def call_metadata(client: Any) -> Any:
+    """Return the metadata ``client`` itself would send with a call."""
+    for name in _METADATA_METHODS:
+        method = getattr(client, name, None)
+        if callable(method):
+            return method()
+    return client._builder.metadata()
+
+
 def release_server_side(client: Any, timeout: float) -> None:
     """Send one ``ReleaseSession`` RPC with a deadline, as upstream builds it, without retries.
 
@@ -307,7 +323,7 @@ def release_server_side(client: Any, timeout: float) -> None:
     try:
         # `_stub` raises upstream's NO_ACTIVE_SESSION error once the client is closed.
         response = client._stub.ReleaseSession(
-            request, metadata=client._builder.metadata(), timeout=timeout
+            request, metadata=call_metadata(client), timeout=timeout
         )
         verify = getattr(client, "_verify_response_integrity", None)
         if verify is not None:
