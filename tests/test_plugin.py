@@ -7,14 +7,16 @@ without the ``.pth`` are covered in ``tests/activation``, in fresh environments.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import pyspark_safestop
-from pyspark_safestop import _layouts
+from pyspark_safestop import _layouts, plugin
 from pyspark_safestop._server import SparkConnectServer
+from pyspark_safestop._settings import SafestopWarning
 from pyspark_safestop.plugin import ENV_REQUIRE_SERVER, connect_session
 
 pytestmark = pytest.mark.server
@@ -29,6 +31,22 @@ def test_spark_runs_queries_on_the_session_server(
     port, token = spark_connect_server.port, spark_connect_server.token
     assert spark_connect_url == f"sc://localhost:{port}/;token={token}"
     assert spark.range(7).count() == 7
+
+
+def test_a_token_url_on_3_5_is_explained_once(
+    client_layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plugin, "_warned_token_url", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            plugin._warn_if_token_needs_channel_builder()
+    said = [w for w in caught if issubclass(w.category, SafestopWarning)]
+    if client_layout == "3.5":
+        assert len(said) == 1, said
+        assert "connect_session" in str(said[0].message)
+    else:
+        assert said == []
 
 
 def test_connect_session_stops_the_session_on_leaving(spark_connect_url: str) -> None:
@@ -83,7 +101,7 @@ def test_header_names_the_shim_line_and_layout(inner: pytest.Pytester, client_la
     inner.makepyfile("def test_nothing(): pass")
     result = run(inner, "--safestop-release-timeout", "2.5")
     header = f"pyspark-safestop *: active (activated by *); pyspark *, layout {client_layout};"
-    result.stdout.fnmatch_lines([f"{header} release timeout 2.5 s"])
+    result.stdout.fnmatch_lines([f"{header} release timeout 2.5 s*"])
     assert result.ret == pytest.ExitCode.OK
 
 

@@ -232,7 +232,7 @@ def test_sigkill_of_serve_leaves_no_jvm() -> None:
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
-        assert url.startswith("sc://localhost:"), proc.stderr.read() if proc.stderr else ""
+        assert url.startswith("sc://localhost:"), url
         (jvm,) = [p for p in process_tree(proc.pid) if p.name() == "java"]
         workdir = Path(jvm.cwd())
         proc.kill()
