@@ -71,17 +71,20 @@ class Settings:
     hang_timeout: float | None = None
 
 
-def warn(message: str, stacklevel: int = 2) -> None:
+def warn(message: str, stacklevel: int = 2) -> bool:
     """Issue ``message`` as a :class:`SafestopWarning`; never raises.
 
     Where warnings are turned into errors, the message goes to the ``pyspark_safestop``
     logger instead: the callers run inside imports, start-up hooks and pytest's start, which
-    must carry on with the defaults.
+    must carry on with the defaults. Returns whether the warning was issued (``False``: it
+    was logged instead).
     """
     try:
         warnings.warn(message, SafestopWarning, stacklevel=stacklevel + 1)
     except Exception:
         logger.warning("%s", message)
+        return False
+    return True
 
 
 def _warn_once(name: str, value: str, message: str) -> None:

@@ -169,13 +169,14 @@ def _apply_loaded(ready: str | None = None) -> None:
             STATE.layout_problem = problem
             if problem == "unknown" and not _unknown_warned.is_set():
                 _unknown_warned.set()
+                version = _layouts.installed_pyspark_version() or "(version unknown)"
                 message = (
-                    f"pyspark {_layouts.installed_pyspark_version()} has a Spark Connect client "
-                    "this version of pyspark-safestop does not recognise; pyspark is left "
-                    "untouched"
+                    f"pyspark {version} has a Spark Connect client this version of "
+                    "pyspark-safestop does not recognise; pyspark is left untouched"
                 )
-                logger.warning("%s", message)
-                warn(message)
+                # Logged too, for log readers (a warning that could not be issued already is).
+                if warn(message):
+                    logger.warning("%s", message)
             return
         STATE.layout, STATE.layout_problem = layout, None
         _PATCHER.apply(layout.targets)

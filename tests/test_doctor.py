@@ -333,3 +333,31 @@ def test_status_and_the_header_never_raise_for_an_odd_pyspark(tmp_path: Path) ->
     report = doctor_with(fake)
     assert report["pyspark"]["layout_problem"] == "unknown"
     assert "pyspark (version unknown)'s Spark Connect client is not recognised" in report["summary"]
+
+
+def test_an_unrecognised_client_with_warnings_as_errors(tmp_path: Path) -> None:
+    # pyspark first, then the shim: install() meets the unknown client at once. The warning
+    # cannot be issued (it would raise inside the import): it is logged, once, and the shim
+    # is active all the same.
+    fake = fake_pyspark(tmp_path / "fake", UNRECOGNISED["client not a class"])
+    script = tmp_path / "case.py"
+    script.write_text(
+        "import json, logging\n"
+        "logging.basicConfig(format='log: %(message)s')\n"
+        "import pyspark.sql.connect.session\n"
+        "import pyspark_safestop\n"
+        "status = pyspark_safestop.status()\n"
+        "print(json.dumps([status['activated_by'], status['layout_problem']]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        env=_fake_env(fake),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["import", "unknown"]
+    assert proc.stderr.count("log: ") == 1, proc.stderr
+    assert "does not recognise; pyspark is left untouched" in proc.stderr
