@@ -412,8 +412,13 @@ def _local_token_channel_builder(url: str) -> Any:
             )
 
     built = LocalTokenChannelBuilder(url)
-    # Anything but localhost keeps 3.5's own behaviour (TLS), as 4.0+ does.
-    if built.host != "localhost" or core.ChannelBuilder.PARAM_TOKEN not in built.params:
+    # Anything but localhost, or TLS asked for, keeps 3.5's own behaviour (TLS), as 4.0+ does.
+    wants_tls = built.params.get(core.ChannelBuilder.PARAM_USE_SSL, "").lower() == "true"
+    if (
+        built.host != "localhost"
+        or wants_tls
+        or core.ChannelBuilder.PARAM_TOKEN not in built.params
+    ):
         return None
     return built
 

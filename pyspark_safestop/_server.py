@@ -42,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ._layouts import pyspark_package_dirs
+from ._settings import validate_timeout
 
 __all__ = [
     "FORCED_CONF",
@@ -213,14 +214,11 @@ class SparkConnectServer:
                 raise ValueError(f"{key} cannot be set: every server gets its own token")
             if key in FORCED_CONF and value != FORCED_CONF[key]:
                 raise ValueError(f"{key}={value!r}: the server binds {BIND_HOST} only")
-        for name, seconds in (("start_timeout", start_timeout), ("stop_grace", stop_grace)):
-            if not seconds > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
         self._spark_home = Path(spark_home)
         self._log_path = None if log_path is None else Path(log_path)
         self._temporary_log = log_path is None
-        self._start_timeout = float(start_timeout)
-        self._stop_grace = float(stop_grace)
+        self._start_timeout = validate_timeout(start_timeout, "start_timeout")
+        self._stop_grace = validate_timeout(stop_grace, "stop_grace")
         self._extra_conf = conf
         self._token = secrets.token_urlsafe(32)
         self._launcher: subprocess.Popen[bytes] | None = None

@@ -409,7 +409,7 @@ def spark_connect_server(
             extra_conf=settings.server_conf,
         )
     except ValueError as error:
-        raise pytest.UsageError(f"--safestop-server-conf / safestop_server_conf: {error}") from None
+        pytest.fail(f"--safestop-server-conf / safestop_server_conf: {error}", pytrace=False)
     config.stash[_SERVER] = server
     try:
         server.start()

@@ -142,3 +142,10 @@ def test_bad_options_are_usage_errors(
     result = run(inner, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+def test_a_server_conf_moving_a_bind_is_refused(inner: pytest.Pytester) -> None:
+    inner.makepyfile("def test_server(spark_connect_server): pass")
+    result = run(inner, "--safestop-server-conf", "spark.driver.bindAddress=0.0.0.0")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*bindAddress='0.0.0.0': the server binds 127.0.0.1 only*"])

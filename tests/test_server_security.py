@@ -7,10 +7,12 @@ real SIGKILL.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -104,6 +106,22 @@ def listeners(pid: int) -> list[tuple[int, str, int]]:
     return found
 
 
+def ipv6_loopback_is_held(port: int) -> bool:
+    """Whether no one else can bind ``[::1]:PORT``, where a client of ``localhost`` may go."""
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        return True  # no IPv6 here: no one can listen there
+    with probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("::1", port))
+        except OSError as error:
+            # In use: held. Not available: no ::1 here, so no one can listen there either.
+            return error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+        return False
+
+
 @pytest.fixture(scope="module")
 def spark_home() -> Path:
     home = find_spark_home()
@@ -187,6 +205,7 @@ def test_every_listener_is_on_loopback_and_the_folder_is_private(
         assert server.port in ports, found
         assert len(ports) >= 3, found  # gRPC, the driver's RPC and block manager, the UI
         assert [entry for entry in found if not is_loopback(entry[1])] == []
+        assert ipv6_loopback_is_held(server.port)
         workdir = Path(psutil.Process(server.pid).cwd())
         assert workdir != tmp_path
         assert stat.S_IMODE(workdir.stat().st_mode) == 0o700
