@@ -5,8 +5,9 @@ in a subprocess, through the fault proxy: without the shim (``PYSPARK_SAFESTOP=0
 must hang or break its bound on this client line (the bug exists here), and with the shim,
 where it must pass. An upstream run is called hung as soon as the child's watchdog shows a
 thread parked in one of the frames the case names (where upstream never comes back), or, as
-a backstop, when it is still going after the case's hard timeout. The runs go four at a time,
-once per module.
+a backstop, when it is still going after the case's hard timeout. Were the bug gone, the
+upstream run would finish within its bounds and ``test_upstream_is_broken`` would fail. The
+runs go four at a time, once per module.
 
 Where upstream is not broken by a fault on some line (3.5 has no ReleaseSession RPC to hang,
 and exits with an RPC in flight because its pool's threads are daemons), the test asserts that
