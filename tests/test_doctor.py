@@ -1,4 +1,6 @@
-"""``doctor``: the decision, every branch, and the real report on this client line.
+"""``doctor``: the decision, every branch, and the real report on this client line; and what
+``doctor``, ``status()`` and the pytest header say of clients the shim does not recognise (fake
+``pyspark`` packages in fresh interpreters).
 
 The environments with the site-wide ``.pth`` and the plugin installed (wheel and editable
 installs, the switch on and off, no pyspark at all) are covered in ``tests/activation``.
