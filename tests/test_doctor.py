@@ -273,7 +273,7 @@ def header_with(fake: Path) -> str:
         [sys.executable, "-m", "pytest", "-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider"],
         capture_output=True,
         text=True,
-        env=_fake_env(fake),
+        env=_fake_env(fake, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"),  # the checkout's plugin only
         cwd=folder,
         timeout=120,
         check=False,

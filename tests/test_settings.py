@@ -209,7 +209,8 @@ def test_warnings_as_errors_and_a_bad_value_keep_the_shim(
     assert proc.stderr.count(f"log: {name}={value!r}") == 1, proc.stderr
 
 
-# The plugin from the checkout (not installed here), and no cache in the temporary folder.
+# The plugin from the checkout, whether or not the package is installed too (no plugin is
+# loaded from entry points), and no cache in the temporary folder.
 PLUGIN_ONLY = ("-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider")
 
 
@@ -222,7 +223,7 @@ def _pytest(
         [sys.executable, *flags, "-m", "pytest", *PLUGIN_ONLY, *args],
         capture_output=True,
         text=True,
-        env=_clean_env(**env),
+        env=_clean_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", **env),
         cwd=tmp_path,
         timeout=120,
         check=False,
