@@ -24,7 +24,9 @@ where only the thin ``pyspark-client`` is installed, given a full Spark distribu
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -181,6 +184,12 @@ def _reserve_ipv6_loopback(port: int) -> socket.socket | None:
     return sock
 
 
+def _forget_in_child(server: weakref.ReferenceType[SparkConnectServer]) -> None:
+    alive = server()
+    if alive is not None:
+        alive._forget()
+
+
 class SparkConnectServer:
     """A local Spark Connect server, usable as a context manager::
 
@@ -220,7 +229,7 @@ class SparkConnectServer:
         self._start_timeout = validate_timeout(start_timeout, "start_timeout")
         self._stop_grace = validate_timeout(stop_grace, "stop_grace")
         self._extra_conf = conf
-        self._token = secrets.token_urlsafe(32)
+        self._token: str | None = None
         self._launcher: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
         self._log_fd: int | None = None
@@ -244,7 +253,9 @@ class SparkConnectServer:
 
     @property
     def token(self) -> str:
-        """The secret a client must send (as ``Authorization: Bearer TOKEN``)."""
+        """The secret a client must send (as ``Authorization: Bearer TOKEN``), new at each start."""
+        if self._token is None:
+            raise RuntimeError("Spark Connect server is not started")
         return self._token
 
     @property
@@ -253,7 +264,7 @@ class SparkConnectServer:
 
         ``localhost``: 4.0+ clients send a token over a plain local channel to that host only.
         """
-        return f"sc://localhost:{self.port}/;token={self._token}"
+        return f"sc://localhost:{self.port}/;token={self.token}"
 
     @property
     def pid(self) -> int:
@@ -329,7 +340,7 @@ class SparkConnectServer:
         # whatever else reads it, on every interface.
         env["SPARK_LOCAL_IP"] = BIND_HOST
         env.pop("SPARK_LOCAL_HOSTNAME", None)
-        env[TOKEN_ENV] = self._token
+        env[TOKEN_ENV] = self.token
         return env
 
     def start(self) -> SparkConnectServer:
@@ -346,6 +357,7 @@ class SparkConnectServer:
                 "cannot start a Spark Connect server: no java (set JAVA_HOME or put java on PATH)"
             )
         t0 = time.monotonic()
+        self._token = secrets.token_urlsafe(32)
         try:
             self._workdir = Path(tempfile.mkdtemp(prefix="pyspark-safestop-server-"))
             if self._temporary_log:
@@ -364,6 +376,10 @@ class SparkConnectServer:
                 # Its own session: a Ctrl-C in the terminal reaches the owner, which stops the
                 # server in order, not the launcher.
                 start_new_session=True,
+            )
+            # A forked child must not keep the pipe open: the server would outlive the owner.
+            os.register_at_fork(
+                after_in_child=functools.partial(_forget_in_child, weakref.ref(self))
             )
             self._pid = self._read_pid()
             self._port = self._wait_for_port(t0)
@@ -456,6 +472,22 @@ class SparkConnectServer:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+        self._port = None
+
+    def _forget(self) -> None:
+        """In a forked child: let go of the parent's server without touching it."""
+        launcher, self._launcher = self._launcher, None
+        if launcher is not None and launcher.stdin is not None:
+            with contextlib.suppress(OSError):
+                launcher.stdin.close()  # the child's copy of the pipe end; nothing is written
+        if self._ipv6_guard is not None:
+            self._ipv6_guard.close()
+            self._ipv6_guard = None
+        if self._log_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._log_fd)
+            self._log_fd = None
+        self._workdir = None  # the parent's to remove
         self._port = None
 
     def __enter__(self) -> SparkConnectServer:

@@ -7,6 +7,7 @@ real SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
@@ -335,3 +336,40 @@ def test_sigkill_of_a_pytest_process_holding_the_fixture_leaves_no_jvm(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+FORKING_OWNER = """
+import json, os, signal, sys, time
+
+from pyspark_safestop._server import SparkConnectServer, find_spark_home
+
+server = SparkConnectServer(find_spark_home()).start()
+child = os.fork()
+if child == 0:  # a forked child that lives on: it must not keep the server alive
+    time.sleep(120)
+    os._exit(0)
+with open(sys.argv[1], "w") as out:
+    out.write(json.dumps({"server": server.pid, "child": child}))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_forked_child_living_on_does_not_keep_the_server(tmp_path: Path) -> None:
+    script = tmp_path / "owner.py"
+    script.write_text(FORKING_OWNER)
+    result, output = tmp_path / "held.json", tmp_path / "output.txt"
+    with output.open("wb") as sink:  # not a pipe: the child keeps its copy open
+        code = subprocess.call(
+            [sys.executable, str(script), str(result)],
+            env=_env(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            timeout=HANG,
+        )
+    assert code == -signal.SIGKILL, output.read_text()[-3000:]
+    held = json.loads(result.read_text())
+    try:
+        assert gone(held["server"]), f"JVM {held['server']} outlived its owner, held by a child"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(held["child"], signal.SIGKILL)  # the owner's child, started by this test
