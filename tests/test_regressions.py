@@ -92,29 +92,3 @@ def test_upstream_waits_ten_seconds_on_42(
     event = outcomes["stop_release_execute_hung", False].find("stopped", label="first")
     assert event is not None
     assert 9.5 <= event["seconds"] <= 15, event
-
-
-def test_a_parked_thread_proves_the_hang() -> None:
-    """The evidence rule itself: a thread whose frames show a signature, in order, is parked
-    there; the same frames out of order, or a bounded wait, are not."""
-    from pyspark_safestop.testing.catalogue import POOL_SHUTDOWN_JOINS
-    from pyspark_safestop.testing.runner import parked_in
-
-    parked = {
-        "thread": "MainThread",
-        "frames": [
-            "pyspark.sql.connect.session.SparkSession.stop:1",
-            "concurrent.futures.thread.ThreadPoolExecutor.shutdown:2",
-            "threading.Thread.join:3",
-        ],
-    }
-    bounded = {
-        "thread": "MainThread",
-        "frames": [
-            "pyspark.sql.connect.client.core.SparkConnectClient.close:1",
-            "concurrent.futures._base.wait:2",
-        ],
-    }
-    reversed_frames = {"thread": "t", "frames": parked["frames"][::-1]}
-    assert parked_in([bounded, parked], [POOL_SHUTDOWN_JOINS])["thread"] == "MainThread"  # type: ignore[index]
-    assert parked_in([bounded, reversed_frames], [POOL_SHUTDOWN_JOINS]) is None
