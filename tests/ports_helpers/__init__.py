@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 import pytest
 
+from pyspark_safestop.testing import runner
 from tests.foreign_user import ForeignUser
 
 HELPERS = Path(__file__).resolve().parent
@@ -53,15 +54,8 @@ def child_env(**extra: str) -> dict[str, str]:
 
     The lease directory setting is kept: helpers and tests must see the same leases.
     """
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PYSPARK_SAFESTOP") or k == "PYSPARK_SAFESTOP_PORT_LEASE_DIR"
-    }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env["PYSPARK_SAFESTOP"] = "0"
-    env.update(extra)
-    return env
+    kept = {k: v for k, v in os.environ.items() if k == "PYSPARK_SAFESTOP_PORT_LEASE_DIR"}
+    return runner.child_env(shim=False, extra={**kept, **extra}, inherit_settings=False)
 
 
 class Child(subprocess.Popen[str]):
