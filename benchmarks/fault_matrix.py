@@ -64,6 +64,20 @@ def cell(fault: Case, run: Run, found: list[str]) -> str:
     return f"{text} ✗{mark}"
 
 
+class _SameTokenServer(SparkConnectServer):
+    """The same server coming back: it checks the token its clients already hold, where a
+    new server would make a new one."""
+
+    def __init__(self, home: Path, token: str, **options: Any) -> None:
+        super().__init__(home, **options)
+        self._kept_token = token
+
+    @property
+    def token(self) -> str:
+        """The token of the server it stands for."""
+        return self._kept_token
+
+
 class Restarter:
     """Restarts one server on its own port once every run of a phase has reached the
     checkpoint (a barrier), so that one restart serves them all."""
@@ -79,14 +93,12 @@ class Restarter:
     def _restart(self) -> None:
         port = self.server.port
         self.server.stop()
-        token = self.server.token
-        self.server = SparkConnectServer(
+        self.server = _SameTokenServer(
             self._home,
+            self.server.token,
             log_path=self._log_dir / "restart-server-2.log",
             extra_conf={"spark.connect.grpc.binding.port": str(port)},
         )
-        # The same server coming back: the clients' URL (and its token) stays valid.
-        self.server._token = token
         self.server.start()
         self.restarted = self.server.port == port
 
