@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from pyspark_safestop import _layouts
-from pyspark_safestop._server import SparkConnectServer
 from tests.bootsite import make_site_dir
 from tests.foreign_user import foreign_user
 
@@ -32,12 +31,6 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     # Registered now, its options are parsed with the command line like an installed plugin's.
     if pluginmanager.get_plugin(PLUGIN) is None and not pluginmanager.is_blocked(PLUGIN):
         pluginmanager.register(importlib.import_module("pyspark_safestop.plugin"), PLUGIN)
-
-
-@pytest.fixture(scope="session")
-def spark_connect_server_address(spark_connect_server: SparkConnectServer) -> str:
-    """``127.0.0.1:PORT`` of the real server (what the fault proxy forwards to)."""
-    return f"127.0.0.1:{spark_connect_server.port}"
 
 
 @pytest.fixture(scope="session")
