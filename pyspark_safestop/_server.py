@@ -194,7 +194,7 @@ class SparkConnectServer:
     """A local Spark Connect server, usable as a context manager::
 
         with SparkConnectServer(home) as server:
-            spark = session_builder(server.url).create()
+            spark = _layouts.session_builder(server.url).create()
 
     Only its owner can use it (see the module's description); it is stopped by ``stop()``, at
     the end of the ``with`` block, or, when this process ends in any way, by its launcher.
