@@ -59,7 +59,10 @@ def _plugin_option() -> list[str]:
     checkout on ``PYTHONPATH``): an installed one registers its plugin itself."""
     found = importlib.metadata.entry_points()
     # select(): Python 3.10+; a dict of groups before.
-    group = found.select(group="pytest11") if hasattr(found, "select") else found.get("pytest11", [])
+    if hasattr(found, "select"):
+        group = found.select(group="pytest11")
+    else:
+        group = found.get("pytest11", [])
     installed = any(ep.name == "pyspark_safestop" for ep in group)
     return [] if installed else ["-p", "pyspark_safestop.plugin"]
 
