@@ -60,7 +60,12 @@ def checkpoint(name: str) -> None:
 
 def _frame_name(frame: FrameType) -> str:
     code = frame.f_code
-    name = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
+    name: str | None = getattr(code, "co_qualname", None)  # Python 3.11+
+    if name is None:
+        # Before 3.11: the class from the method's self or cls, as co_qualname would name it.
+        owner = frame.f_locals.get("self", frame.f_locals.get("cls"))
+        kind = owner if isinstance(owner, type) else type(owner)
+        name = code.co_name if owner is None else f"{kind.__name__}.{code.co_name}"
     return f"{frame.f_globals.get('__name__', '?')}.{name}:{frame.f_lineno}"
 
 
