@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__, _layouts
+from . import __version__, _distribution, _layouts
 from ._server import find_spark_home, java_available
 from ._settings import (
     ENV_ENABLED,
@@ -47,7 +47,6 @@ START_FILE = "pyspark_safestop.start"
 PLUGIN_NAME = "pyspark_safestop"
 PROBE = Path(__file__).with_name("_probe.py")
 PROBE_TIMEOUT = 180.0
-DISTRIBUTIONS = ("pyspark", "pyspark-client", "pyspark-connect")
 
 
 @dataclass(frozen=True)
@@ -167,16 +166,6 @@ def _entry_point() -> str | None:
     return None
 
 
-def _distributions() -> dict[str, str]:
-    found = {}
-    for name in DISTRIBUTIONS:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
 def _plugin_state(entry_point: str | None) -> tuple[bool, str]:
     if entry_point is None:
         return False, "not installed (no pytest11 entry point)"
@@ -233,6 +222,7 @@ def diagnose() -> dict[str, Any]:
     if probe_error is not None:
         verdict = Verdict(False, None, verdict.active, f"could not inspect pyspark: {probe_error}")
     spark_home = find_spark_home()
+    dists = _distribution.pyspark_distributions()
     return {
         "ok": verdict.ok,
         "summary": verdict.summary,
@@ -245,7 +235,10 @@ def diagnose() -> dict[str, Any]:
         },
         "pyspark": {
             "version": status.get("pyspark_version"),
-            "distributions": _distributions(),
+            # The distribution whose files are on disk; any other listed installed the same
+            # module too, and was overwritten.
+            "distribution": f"{dists[0][0]} {dists[0][1]}" if dists else None,
+            "distributions": dict(dists),
             "layout": status.get("layout"),
             "layout_problem": status.get("layout_problem"),
             "connect_error": probe.get("connect_error"),
@@ -293,11 +286,18 @@ def render(report: dict[str, Any]) -> str:
     shim = report["shim"]
     settings = report["settings"]
     activation = report["activation"]
-    dists = ", ".join(f"{k} {v}" for k, v in pyspark["distributions"].items()) or "none"
+    others = [
+        f"{name} {version}"
+        for name, version in pyspark["distributions"].items()
+        if f"{name} {version}" != pyspark["distribution"]
+    ]
     if pyspark["version"] is None:
         spark = "not installed"
     else:
-        spark = f"{pyspark['version']} (distributions: {dists})"
+        source = pyspark["distribution"] or "no installed distribution"
+        if others:
+            source += f"; also claimed by {', '.join(others)}, overwritten"
+        spark = f"{pyspark['version']} (from {source})"
     layout = pyspark["layout"] or pyspark["layout_problem"] or "-"
     if pyspark["connect_error"]:
         layout += f" (Spark Connect client not importable: {pyspark['connect_error']})"

@@ -7,7 +7,7 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from . import _exit, _layouts, _sessions
+from . import _distribution, _exit, _layouts, _sessions
 from ._patcher import Patcher, watch_imports
 from ._settings import (
     ENV_ENABLED,
@@ -121,6 +121,8 @@ def status() -> dict[str, Any]:
 
     Keys: ``enabled`` (the environment switch), ``installed``, ``activated_by`` (``"import"``,
     ``"pth"``, ``"pytest-plugin"`` or ``"install()"``), ``pyspark_version``,
+    ``pyspark_distribution`` (the distribution that installed the module, ``"name version"``,
+    e.g. ``"databricks-connect 16.1.7"``, or ``None``),
     ``layout`` (``"3.5"``, ``"4.0"``, ``"4.1"``, ``"4.2+"`` or ``None``), ``layout_problem``
     (``"not-imported"``, ``"unknown"`` or ``None``: ``"unknown"`` is a client imported but not
     recognised, whatever is missing or odd in it), ``release_session_rpc``, ``stop_mode``,
@@ -141,6 +143,7 @@ def status() -> dict[str, Any]:
             "installed": STATE.installed,
             "activated_by": STATE.activated_by if STATE.installed else None,
             "pyspark_version": _layouts.installed_pyspark_version(),
+            "pyspark_distribution": _distribution.pyspark_distribution(),
             "layout": layout.name if layout else None,
             "layout_problem": problem or None,
             "release_session_rpc": layout.release_session_rpc if layout else None,

@@ -192,6 +192,9 @@ class _WatchedStream:
 
     def __init__(self, call: Any, method: str, request: Any, owner: Any) -> None:
         self._call = call
+        # gRPC's own calls are iterators; an interceptor of the client's may hand back a mere
+        # iterable (Databricks Connect's StreamWrapper, a generator over the call).
+        self._responses = call if hasattr(call, "__next__") else iter(call)
         self._method = method
         self._request = request
         self._owner = owner
@@ -209,13 +212,13 @@ class _WatchedStream:
 
         seconds = self._owner.timeout()
         if seconds is None:
-            return next(self._call)
+            return next(self._responses)
         self._reader = threading.current_thread().name
         self._since = time.monotonic()
         self.deadline = self._since + seconds
         _MONITOR.watch(self)
         try:
-            response = next(self._call)
+            response = next(self._responses)
         except grpc.RpcError:
             if self._hang is not None:
                 raise RpcHangError(self._hang) from None
