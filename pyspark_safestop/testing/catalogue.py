@@ -169,6 +169,13 @@ RELEASE_SESSION_RETRIES: HangSignature = ("SparkConnectClient.release_session", 
 EXIT_JOINS_WORKERS: HangSignature = ("threading._shutdown", "_python_exit", "Thread.join")
 
 
+#: 3.5: at exit, the interpreter's final garbage collection runs an unstopped session's
+#: __del__, which closes its channel and waits for gRPC's threads, which no longer run.
+FINAL_GC_CLOSES_CHANNEL: HangSignature = ("__del__", "grpc._channel", "_close")
+#: Looked for in every case: where an interpreter's exit never ends.
+EXIT_HANGS = (EXIT_JOINS_WORKERS, FINAL_GC_CLOSES_CHANNEL)
+
+
 @dataclass(frozen=True)
 class Case:
     """One scenario under one fault, with what it must show and where upstream parks."""
@@ -191,7 +198,7 @@ class Case:
     #: Client layouts on which upstream is not broken by this fault.
     upstream_passes_on: frozenset[str] = frozenset()
     #: Frames that prove upstream's hang: a thread parked in one of them never comes back.
-    #: The exit hook's join (:data:`EXIT_JOINS_WORKERS`) is looked for in every case.
+    #: Where an exit hangs (:data:`EXIT_HANGS`) is looked for in every case.
     hangs_in: tuple[HangSignature, ...] = ()
     #: The hard backstop for this case (seconds after the run's first event).
     timeout: float = RUN_TIMEOUT
@@ -416,7 +423,7 @@ def run_case(
             timeout=timeout or case.timeout,
             env=case.env,
             on_checkpoint={**steps, **(actions or {})},
-            hangs_in=(*case.hangs_in, EXIT_JOINS_WORKERS),
+            hangs_in=(*case.hangs_in, *EXIT_HANGS),
             label=name,
             stderr_path=stderr_path,
         )

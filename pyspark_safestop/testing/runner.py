@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -116,6 +117,42 @@ def parked_in(
     return None
 
 
+_DUMP_THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+)")
+_DUMP_FRAME = re.compile(r'^  File "(.+)", line (\d+) in (.+)$')
+_LIBRARY_DIR = re.compile(r"^.*?/(?:site-packages|dist-packages|lib/python3\.\d+)/")
+
+
+class _NativeDump:
+    """Reads the dumps of :mod:`faulthandler` (printed among the events, at the child's exit)
+    into the form of a ``stacks`` event's threads: they show where no Python thread runs any
+    more, in the interpreter's final garbage collection."""
+
+    def __init__(self) -> None:
+        self._thread: str | None = None
+        self._frames: list[str] = []
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        """Take one line; return a thread's stack once its block is over."""
+        frame = _DUMP_FRAME.match(line.rstrip("\n"))
+        if frame is not None and self._thread is not None:
+            path, lineno, function = frame.groups()
+            module = _LIBRARY_DIR.sub("", path.replace("\\", "/")).removesuffix(".py")
+            self._frames.append(f"{module.replace('/', '.')}.{function}:{lineno}")
+            return None
+        if line.strip() == "Garbage-collecting" and self._thread is not None:
+            self._frames.append("<garbage collection>")
+            return None
+        done = None
+        if self._thread is not None:
+            # faulthandler prints the innermost frame first.
+            done = {"thread": self._thread, "daemon": False, "frames": self._frames[::-1]}
+            self._thread, self._frames = None, []
+        head = _DUMP_THREAD.match(line)
+        if head is not None:
+            self._thread = head.group(1)
+        return done
+
+
 @dataclass
 class Run:
     """One run: the events it printed (with arrival times) and how it ended."""
@@ -193,8 +230,9 @@ def run_events(
     pyspark on a loaded machine is slow), then ``timeout`` seconds more, not counting the time
     the actions at its checkpoints take; past that it is called hung and its process group is
     killed. A ``checkpoint`` event runs the action of that name, then writes ``go`` to the
-    command's standard input. A ``stacks`` event (the watchdog's) with a thread parked in one
-    of ``hangs_in`` ends the run at once, as hung, with that thread in :attr:`Run.parked`.
+    command's standard input. A ``stacks`` event (the watchdog's), or a :mod:`faulthandler`
+    dump, with a thread parked in one of ``hangs_in`` ends the run at once, as hung, with that
+    thread in :attr:`Run.parked`.
     """
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
@@ -220,6 +258,7 @@ def run_events(
 
         threading.Thread(target=read, daemon=True).start()
         deadline = started + startup_timeout
+        native = _NativeDump()
         first = True
         last_at = started
         try:
@@ -238,6 +277,12 @@ def run_events(
                 try:
                     event = json.loads(text)
                 except ValueError:
+                    stack = native.feed(text)
+                    if stack is not None:
+                        run.events.append({"event": "stacks", "native": True, "threads": [stack]})
+                        run.parked = parked_in([stack], hangs_in)
+                        if run.parked is not None:
+                            break
                     continue
                 event["arrived"] = round(arrived - started, 3)
                 run.events.append(event)

@@ -14,6 +14,7 @@ what it must show; :func:`pyspark_safestop.testing.catalogue.run_case` runs one.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gc
 import os
 import signal
@@ -343,8 +344,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.watchdog > 0:
         start_watchdog(args.watchdog)
     event("start", shim=pyspark_safestop.is_installed())
-    SCENARIOS[args.name]()
-    event("done")
+    try:
+        SCENARIOS[args.name]()
+        event("done")
+    finally:
+        if args.watchdog > 0:
+            # The exit may hang where no Python thread runs any more (its final garbage
+            # collection): faulthandler's own thread still dumps the stacks, with the events.
+            faulthandler.dump_traceback_later(args.watchdog, repeat=True, file=sys.stdout)
 
 
 if __name__ == "__main__":
