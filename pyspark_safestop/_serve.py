@@ -1,9 +1,9 @@
-"""``serve``: run a local Spark Connect server until Ctrl-C or SIGTERM, then stop it cleanly.
+"""``serve``: run a local server (Spark or Sail) until Ctrl-C or SIGTERM, then stop it cleanly.
 
 The server runs in a session of its own (so a Ctrl-C in the terminal reaches this process, not
-the JVM); this process stops it on SIGINT, SIGTERM or SIGHUP, also while it is still starting.
-Killed outright, this process still leaves no JVM behind: the server's launcher stops it (see
-:mod:`._server`).
+the server); this process stops it on SIGINT, SIGTERM or SIGHUP, also while it is still starting.
+Killed outright, this process still leaves no server behind: its launcher stops it (see
+:mod:`._local_server`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from ._server import SparkConnectServer
+from ._local_server import LocalServer
 
 __all__ = ["STOP_SIGNALS", "Interrupted", "serve"]
 
@@ -50,7 +50,7 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def serve(server: SparkConnectServer, on_ready: Callable[[SparkConnectServer], None]) -> int:
+def serve(server: LocalServer, on_ready: Callable[[LocalServer], None]) -> int:
     """Start ``server``, call ``on_ready``, and wait for a stop signal; then stop it.
 
     Returns 0 when a signal stopped it, 1 when the server exited by itself. Raises
@@ -75,7 +75,7 @@ def serve(server: SparkConnectServer, on_ready: Callable[[SparkConnectServer], N
         stopped_by = interrupted.signum
     finally:
         # Stopping is bounded (SIGTERM, then SIGKILL after a grace period): a second Ctrl-C
-        # must not abandon the JVM half-way.
+        # must not abandon the server half-way.
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
         try:
             server.stop()
@@ -83,7 +83,7 @@ def serve(server: SparkConnectServer, on_ready: Callable[[SparkConnectServer], N
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     if stopped_by is None:
-        logger.warning("the Spark Connect server exited by itself; %s", exit_report)
+        logger.warning("the %s server exited by itself; %s", server.engine, exit_report)
         return 1
     logger.info("stopped on %s", signal.Signals(stopped_by).name)
     return 0

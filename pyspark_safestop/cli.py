@@ -23,7 +23,9 @@ from typing import Any
 import psutil
 
 from . import _doctor, _serve, ports
-from ._server import SparkConnectServer, find_spark_home, java_available
+from ._engines import ENGINES, EngineUnavailable, engine_from_env, make_server
+from ._local_server import LocalServer
+from ._sail import NO_AUTH_NOTICE
 from .ports._checks import check_timeout, parse_port
 
 __all__ = ["build_parser", "main"]
@@ -236,15 +238,23 @@ def _conf(text: str) -> tuple[str, str]:
 def _add_serve(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="run a local Spark Connect server until Ctrl-C or SIGTERM",
+        help="run a local Spark Connect server (Spark or Sail) until Ctrl-C or SIGTERM",
         description=(
-            "Start a real Spark Connect server from the installed jars on a free loopback port "
-            "(the OS picks it), with its driver on 127.0.0.1 and no UI, usable only with a "
-            "fresh random token; print its URL, token included (sc://localhost:PORT/;token=...), "
-            "on stdout once it accepts connections; stop it on Ctrl-C, SIGTERM or SIGHUP. The "
-            "server never outlives this command, even when it is killed. Exit status 1 when it "
-            "cannot start or exits by itself."
+            "Start a real Spark Connect server on a free loopback port (the OS picks it): by "
+            "default Spark, from the installed jars, with its driver on 127.0.0.1 and no UI, "
+            "usable only with a fresh random token; with --engine sail, a Sail server, which "
+            "checks no token: any local user can connect to it. Print its URL (Spark: token "
+            "included, sc://localhost:PORT/;token=...) on stdout once it accepts connections; "
+            "stop it on Ctrl-C, SIGTERM or SIGHUP. The server never outlives this command, even "
+            "when it is killed. Exit status 1 when it cannot start or exits by itself."
         ),
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="spark (a JVM, owner-only) or sail (Rust, no authentication); default: "
+        "PYSPARK_SAFESTOP_ENGINE, else spark",
     )
     parser.add_argument(
         "--spark-home",
@@ -259,7 +269,7 @@ def _add_serve(subparsers: _Subparsers) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="extra Spark conf, repeatable (e.g. spark.connect.grpc.binding.port=15002); "
-        "the bind addresses and the token cannot be changed",
+        "the bind addresses and the token cannot be changed; for sail, a SAIL_* setting",
     )
     parser.add_argument(
         "--start-timeout",
@@ -279,32 +289,34 @@ def _add_serve(subparsers: _Subparsers) -> None:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    if not java_available():
-        _error("serve", "no Java runtime found (install Java 17 or set JAVA_HOME)")
-        return EXIT_REFUSED
-    home = find_spark_home(args.spark_home)
-    if home is None:
-        _error(
-            "serve",
-            "no Spark jars found: install pyspark (the full distribution), or pass --spark-home "
-            "or set PYSPARK_SAFESTOP_SPARK_HOME",
-        )
-        return EXIT_REFUSED
+    engine: str = args.engine or engine_from_env()
     try:
-        server = SparkConnectServer(
-            home, log_path=args.log, start_timeout=args.start_timeout, extra_conf=dict(args.conf)
+        server = make_server(
+            engine,
+            log_path=args.log,
+            start_timeout=args.start_timeout,
+            conf=dict(args.conf),
+            spark_home=args.spark_home,
         )
+    except EngineUnavailable as missing:
+        _error("serve", f"cannot start a {engine} server: {missing}")
+        return EXIT_REFUSED
     except ValueError as error:
         _error("serve", error)
         return EXIT_USAGE
 
-    def ready(started: SparkConnectServer) -> None:
+    def ready(started: LocalServer) -> None:
         print(started.url, flush=True)
         # The token goes to stdout only: stderr often ends up in logs.
         where = "a temporary log" if started.log_is_temporary else f"log: {started.log_path}"
+        who = (
+            "its URL, with its token, is on stdout"
+            if started.authenticated
+            else f"its URL is on stdout; {NO_AUTH_NOTICE}"
+        )
         print(
-            f"{PROG} serve: Spark Connect server pid {started.pid} on localhost:{started.port} "
-            f"({where}); its URL, with its token, is on stdout; Ctrl-C or SIGTERM stops it",
+            f"{PROG} serve: {started.engine} server pid {started.pid} on "
+            f"localhost:{started.port} ({where}); {who}; Ctrl-C or SIGTERM stops it",
             file=sys.stderr,
             flush=True,
         )

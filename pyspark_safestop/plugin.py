@@ -8,11 +8,18 @@ shim (unless ``PYSPARK_SAFESTOP=0``), also where the site-wide ``.pth`` is skipp
 Fixtures:
 
 ``spark_connect_server``
-    Session-scoped: a real Spark Connect server started from the installed jars, on a port the
-    OS picks, bound to 127.0.0.1 with its driver, no UI, usable only with its own random token,
-    stopped at teardown and never outliving the test process (see :mod:`._server`). One per
-    pytest-xdist worker; its log is in pytest's temporary directory, and its tail is attached
-    to the report of a failing test that used it.
+    Session-scoped: a real local server of the chosen engine (``--safestop-engine``): Spark
+    Connect started from the installed jars (the default), or Sail. On a port the OS picks,
+    bound to 127.0.0.1, no UI, stopped at teardown and never outliving the test process (see
+    :mod:`._local_server`); a Spark server is usable only with its own random token, a Sail
+    server by every local user (Sail checks no secret). One per pytest-xdist worker, or, with
+    ``--safestop-shared-server``, one for the whole run, hosted by its main process (see
+    :mod:`._shared_server`); its log is in pytest's temporary directory, and its tail is
+    attached to the report of a failing test that used it.
+``spark_connect_server_factory``
+    Session-scoped: ``factory(engine="spark"|"sail", conf={...})`` starts another server on
+    demand (for differential suites: the same queries on two engines); every one is stopped at
+    the end of the session.
 ``spark_connect_url``
     Session-scoped: ``sc://localhost:PORT/;token=TOKEN`` of that server, or the
     ``--safestop-remote`` URL (then no server is started). On the 3.5 client line, a token
@@ -38,8 +45,18 @@ from typing import Any, NoReturn
 import pytest
 
 from . import __version__, _layouts, install, is_installed, release_session_without_shutdown, status
+from ._engines import (
+    ENGINES,
+    ENV_ENGINE,
+    EngineUnavailable,
+    check_engine,
+    describe,
+    engine_from_env,
+    make_server,
+)
+from ._local_server import LocalServer
 from ._probe import import_connect
-from ._server import SparkConnectServer, find_spark_home, java_available
+from ._server import find_spark_home
 from ._settings import (
     MAX_TIMEOUT,
     SafestopWarning,
@@ -47,14 +64,23 @@ from ._settings import (
     environment_problems,
     validate_timeout,
 )
+from ._shared_server import (
+    FOLDER_NAME,
+    SharedServer,
+    SharedServerFailed,
+    SharedServerHost,
+    wait_for_shared_server,
+)
 from ._watchdog import hangs_since
 
 __all__ = [
     "ENV_REQUIRE_SERVER",
     "PluginSettings",
+    "ServerFactory",
     "connect_session",
     "spark",
     "spark_connect_server",
+    "spark_connect_server_factory",
     "spark_connect_url",
     "spark_per_class",
     "stop_safely",
@@ -81,10 +107,15 @@ class PluginSettings:
     server_conf: dict[str, str] = field(default_factory=dict)
     spark_home: str | None = None
     require_server: bool = False
+    #: The engine of the fixtures' server: "spark" or "sail".
+    engine: str = "spark"
+    #: One server for the whole run (xdist workers included), hosted by its main process.
+    shared_server: bool = False
 
 
 _SETTINGS = pytest.StashKey[PluginSettings]()
-_SERVER = pytest.StashKey[SparkConnectServer]()
+_SERVER = pytest.StashKey["LocalServer | SharedServer"]()
+_HOST = pytest.StashKey[SharedServerHost]()
 #: How many hangs the watchdog had recorded when a test started, and how many were reported.
 _HANGS_SEEN = pytest.StashKey[list[int]]()
 
@@ -145,7 +176,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=None,
     )
+    option(
+        "engine",
+        "engine of the local server: spark (a JVM, owner-only) or sail (Rust, no "
+        f"authentication) (ini: safestop_engine; default: {ENV_ENGINE}, else spark)",
+        choices=ENGINES,
+    )
+    option(
+        "shared-server",
+        "one local server for the whole run, pytest-xdist workers included, started when a "
+        "test first needs it and stopped when the run ends (ini: safestop_shared_server)",
+        action="store_true",
+        default=None,
+    )
     parser.addini("safestop_remote", "Spark Connect URL to use instead of a local server")
+    parser.addini("safestop_engine", "engine of the local server: spark or sail")
+    parser.addini("safestop_shared_server", "one local server for the whole xdist run", type="bool")
     parser.addini("safestop_release_timeout", "seconds allowed for the release in stop()")
     parser.addini("safestop_hang_timeout", "seconds an RPC may wait for its next response")
     parser.addini("safestop_server_start_timeout", "seconds the local server may take to start")
@@ -206,6 +252,14 @@ def read_settings(config: pytest.Config) -> PluginSettings:
         require = bool(config.getini("safestop_require_server"))
     require = require or os.environ.get(ENV_REQUIRE_SERVER) == "1"
     home = _raw(config, "spark_home")
+    engine = _raw(config, "engine")
+    try:
+        engine = engine_from_env() if engine is None else check_engine(str(engine).strip())
+    except ValueError as error:
+        raise pytest.UsageError(f"--safestop-engine / safestop_engine: {error}") from None
+    shared = config.getoption("safestop_shared_server", None)
+    if shared is None:
+        shared = bool(config.getini("safestop_shared_server"))
     if timeout is not None:
         timeout = _seconds(timeout, "--safestop-release-timeout")
     if hang is not None:
@@ -223,6 +277,8 @@ def read_settings(config: pytest.Config) -> PluginSettings:
         server_conf=conf,
         spark_home=None if home is None else str(home),
         require_server=bool(require),
+        engine=engine,
+        shared_server=bool(shared),
     )
 
 
@@ -244,6 +300,37 @@ def pytest_configure(config: pytest.Config) -> None:
         home = find_spark_home(settings.spark_home)
         if home is not None:
             os.environ["SPARK_HOME"] = str(home)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With a shared server, the run's main process hosts it (it starts when first asked)."""
+    config = session.config
+    settings = config.stash.get(_SETTINGS, None)
+    if settings is None or not settings.shared_server or settings.remote:
+        return
+    if _is_xdist_worker(config):
+        return
+    # The base every xdist worker's own base temporary folder is made in.
+    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+
+    def build(log_path: Path) -> LocalServer:
+        return make_server(
+            settings.engine,
+            log_path=log_path,
+            start_timeout=settings.start_timeout,
+            conf=settings.server_conf,
+            spark_home=settings.spark_home,
+        )
+
+    config.stash[_HOST] = SharedServerHost(Path(base) / FOLDER_NAME, build)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the run's shared server, when this process hosts one (also after an interrupt)."""
+    host = config.stash.get(_HOST, None)
+    if host is not None:
+        del config.stash[_HOST]
+        host.close()
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -296,6 +383,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash.get(_SETTINGS, None)
     if settings is not None and settings.remote:
         lines.append(f"pyspark-safestop: fixtures use {settings.remote} (no local server)")
+    elif settings is not None:
+        scope = "one for the whole run" if settings.shared_server else "one per process"
+        lines.append(f"pyspark-safestop: fixtures use {describe(settings.engine)}, {scope}")
     return lines
 
 
@@ -382,34 +472,59 @@ def _unavailable(settings: PluginSettings, reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def _new_server(
+    settings: PluginSettings, engine: str, conf: dict[str, str], log_path: Path
+) -> LocalServer:
+    try:
+        return make_server(
+            engine,
+            log_path=log_path,
+            start_timeout=settings.start_timeout,
+            conf=conf,
+            spark_home=settings.spark_home,
+        )
+    except EngineUnavailable as missing:
+        _unavailable(settings, str(missing))
+    except ValueError as error:
+        pytest.fail(f"--safestop-server-conf / safestop_server_conf: {error}", pytrace=False)
+
+
+def _shared_server(
+    config: pytest.Config, settings: PluginSettings, tmp_path_factory: pytest.TempPathFactory
+) -> SharedServer:
+    base = tmp_path_factory.getbasetemp()
+    # An xdist worker's base is made in the run's, where the main process hosts the server.
+    folder = (base.parent if _is_xdist_worker(config) else base) / FOLDER_NAME
+    try:
+        return wait_for_shared_server(folder, settings.start_timeout)
+    except SharedServerFailed as failed:
+        if failed.kind == EngineUnavailable.__name__:
+            _unavailable(settings, failed.reason)
+        pytest.fail(str(failed), pytrace=False)
+    except (RuntimeError, ValueError) as error:
+        pytest.fail(str(error), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def spark_connect_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SparkConnectServer]:
-    """A real Spark Connect server on 127.0.0.1, for this test session (or xdist worker)."""
+) -> Iterator[LocalServer | SharedServer]:
+    """A real local server of the chosen engine on 127.0.0.1, for this test session (or xdist
+    worker; with ``--safestop-shared-server``, for the whole run)."""
     config = request.config
     settings = config.stash[_SETTINGS]
     if settings.remote:
         _unavailable(settings, f"the fixtures use {settings.remote}: no local server is started")
-    if not java_available():
-        _unavailable(settings, "no Java runtime found (install Java 17 or set JAVA_HOME)")
-    home = find_spark_home(settings.spark_home)
-    if home is None:
-        _unavailable(
-            settings,
-            "no Spark jars found: install pyspark (the full distribution) or point "
-            "--safestop-spark-home / PYSPARK_SAFESTOP_SPARK_HOME at a Spark distribution",
-        )
-    log_path: Path = tmp_path_factory.mktemp("spark-connect-server") / "server.log"
-    try:
-        server = SparkConnectServer(
-            home,
-            log_path=log_path,
-            start_timeout=settings.start_timeout,
-            extra_conf=settings.server_conf,
-        )
-    except ValueError as error:
-        pytest.fail(f"--safestop-server-conf / safestop_server_conf: {error}", pytrace=False)
+    if settings.shared_server:
+        shared = _shared_server(config, settings, tmp_path_factory)
+        config.stash[_SERVER] = shared
+        try:
+            yield shared
+        finally:
+            del config.stash[_SERVER]
+        return
+    log_path: Path = tmp_path_factory.mktemp(f"{settings.engine}-server") / "server.log"
+    server = _new_server(settings, settings.engine, settings.server_conf, log_path)
     config.stash[_SERVER] = server
     try:
         server.start()
@@ -419,14 +534,62 @@ def spark_connect_server(
         del config.stash[_SERVER]
 
 
+class ServerFactory:
+    """Starts local servers on demand: ``factory(engine="sail", conf={...})``; see
+    :func:`spark_connect_server_factory`. Every server it started is stopped by :meth:`close`."""
+
+    def __init__(self, settings: PluginSettings, tmp_path_factory: pytest.TempPathFactory) -> None:
+        """Servers get the plugin's start timeout and Spark home, and logs in pytest's temporary
+        folder."""
+        self._settings = settings
+        self._tmp_path_factory = tmp_path_factory
+        self._servers: list[LocalServer] = []
+
+    def __call__(self, engine: str = "spark", conf: dict[str, str] | None = None) -> LocalServer:
+        """Start a server of ``engine`` ("spark" or "sail"; ``ValueError`` naming another) with
+        ``conf`` (Spark confs, or ``SAIL_*`` settings for Sail) and return it, started.
+
+        Skips the test (fails it with ``--safestop-require-server``) when the engine cannot run
+        here."""
+        check_engine(engine)
+        log_path = self._tmp_path_factory.mktemp(f"{engine}-server") / "server.log"
+        server = _new_server(self._settings, engine, dict(conf or {}), log_path)
+        self._servers.append(server)
+        server.start()
+        return server
+
+    def close(self) -> None:
+        """Stop every server started so far (each one, whatever happens to the others)."""
+        while self._servers:
+            self._servers.pop().stop()
+
+
+@pytest.fixture(scope="session")
+def spark_connect_server_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerFactory]:
+    """Start local servers on demand, for differential suites; all stopped at session end::
+
+    @pytest.fixture(scope="module")
+    def sail_url(spark_connect_server_factory):
+        return spark_connect_server_factory(engine="sail").url
+    """
+    factory = ServerFactory(request.config.stash[_SETTINGS], tmp_path_factory)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
 @pytest.fixture(scope="session")
 def spark_connect_url(request: pytest.FixtureRequest) -> str:
     """The URL the fixtures use: the local server's, with its token, or ``--safestop-remote``."""
     settings = request.config.stash[_SETTINGS]
     if settings.remote:
         return settings.remote
-    server: SparkConnectServer = request.getfixturevalue("spark_connect_server")
-    _warn_if_token_needs_channel_builder()
+    server: LocalServer | SharedServer = request.getfixturevalue("spark_connect_server")
+    if server.authenticated:
+        _warn_if_token_needs_channel_builder()
     return server.url
 
 

@@ -1,6 +1,9 @@
 """The servers this project starts on a shared machine: only their owner can use them, they listen
 on loopback only, they never outlive their owner, and their files are private.
 
+Sail servers get all of it but the first: Sail checks no secret, so any local user can connect
+to one (the report header and ``serve`` say so); the rest is tested for both engines.
+
 Another local user is played by ``nobody`` (``tests/foreign_user.py``); owners are killed with a
 real SIGKILL.
 """
@@ -12,6 +15,7 @@ import errno
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -25,6 +29,7 @@ from typing import Any
 import psutil
 import pytest
 
+from pyspark_safestop._sail import SailServer, find_sail
 from pyspark_safestop._server import (
     SparkConnectServer,
     find_spark_home,
@@ -131,6 +136,16 @@ def spark_home() -> Path:
     return home
 
 
+#: The name of each engine's server process.
+SERVER_PROCESS = {"spark": "java", "sail": "sail"}
+
+
+def require_engine(engine: str) -> None:
+    """Skip a Sail variant where ``sail`` is not installed (pyspark-safestop[sail])."""
+    if engine == "sail" and find_sail() is None:
+        pytest.skip("no sail executable (pip install pysail)")
+
+
 # -- owner only ---------------------------------------------------------------------------------
 
 
@@ -214,6 +229,48 @@ def test_every_listener_is_on_loopback_and_the_folder_is_private(
     assert not workdir.exists()
 
 
+def test_sail_listens_on_loopback_only_and_its_folder_is_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_engine("sail")
+    # Where a Sail cluster's own processes would listen, were it asked for every interface.
+    monkeypatch.setenv("SAIL_CLUSTER__WORKER_LISTEN_HOST", "0.0.0.0")
+    with SailServer(log_path=tmp_path / "server.log") as server:
+        assert server.url == f"sc://localhost:{server.port}"
+        assert not server.authenticated  # said, not pretended: Sail checks no secret
+        found = listeners(server.pid)
+        assert server.port in {port for _, _, port in found}, found
+        assert [entry for entry in found if not is_loopback(entry[1])] == []
+        assert ipv6_loopback_is_held(server.port)
+        workdir = Path(psutil.Process(server.pid).cwd())
+        assert stat.S_IMODE(workdir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((tmp_path / "server.log").stat().st_mode) == 0o600
+        assert psutil.Process(server.pid).environ()["SAIL_CLUSTER__WORKER_LISTEN_HOST"] == (
+            "127.0.0.1"
+        )
+    assert not workdir.exists()
+
+
+def test_a_sail_setting_moving_a_listener_or_not_a_sail_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match=re.escape("WORKER_LISTEN_HOST='0.0.0.0'")):
+        SailServer(extra_env={"SAIL_CLUSTER__WORKER_LISTEN_HOST": "0.0.0.0"})
+    with pytest.raises(ValueError, match=re.escape("'spark.ui.enabled'")):
+        SailServer(extra_env={"spark.ui.enabled": "true"})
+
+
+def test_a_sail_log_through_a_symlink_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    require_engine("sail")
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    link = tmp_path / "server.log"
+    link.symlink_to(target)
+    server = SailServer(log_path=link)
+    with pytest.raises(ValueError, match="symbolic link"):
+        server.start()
+    assert not server.running
+    assert target.read_text() == "keep me"
+
+
 def test_the_log_is_never_opened_through_a_symlink_nor_a_strangers_file(tmp_path: Path) -> None:
     target = tmp_path / "precious"
     target.write_text("keep me")
@@ -240,9 +297,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_sigkill_of_serve_leaves_no_jvm() -> None:
+@pytest.mark.parametrize("engine", ["spark", "sail"])
+def test_sigkill_of_serve_leaves_no_server(engine: str) -> None:
+    require_engine(engine)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyspark_safestop", "serve"],
+        [sys.executable, "-m", "pyspark_safestop", "serve", "--engine", engine],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -253,11 +312,11 @@ def test_sigkill_of_serve_leaves_no_jvm() -> None:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         assert url.startswith("sc://localhost:"), url
-        (jvm,) = [p for p in process_tree(proc.pid) if p.name() == "java"]
+        (jvm,) = [p for p in process_tree(proc.pid) if p.name() == SERVER_PROCESS[engine]]
         workdir = Path(jvm.cwd())
         proc.kill()
         proc.wait(timeout=HANG)
-        assert gone(jvm.pid), f"JVM {jvm.pid} outlived its SIGKILLed owner"
+        assert gone(jvm.pid), f"{engine} server {jvm.pid} outlived its SIGKILLed owner"
         assert gone_path(workdir)
     finally:
         if proc.poll() is None:
@@ -304,15 +363,18 @@ def holding_run(tmp_path: Path) -> tuple[Path, list[str], dict[str, str]]:
     return suite, argv, env
 
 
+@pytest.mark.parametrize("engine", ["spark", "sail"])
 @pytest.mark.parametrize("who", ["pytest", "xdist-worker"])
-def test_sigkill_of_a_pytest_process_holding_the_fixture_leaves_no_jvm(
-    who: str, holding_run: tuple[Path, list[str], dict[str, str]]
+def test_sigkill_of_a_pytest_process_holding_the_fixture_leaves_no_server(
+    who: str, engine: str, holding_run: tuple[Path, list[str], dict[str, str]]
 ) -> None:
+    require_engine(engine)
     if who == "xdist-worker":
         pytest.importorskip("xdist")
     suite, argv, env = holding_run
     hold = Path(env["HOLD_FILE"])
-    extra = ["-n", "1"] if who == "xdist-worker" else []
+    extra = ["--safestop-engine", engine]
+    extra += ["-n", "1"] if who == "xdist-worker" else []
     proc = subprocess.Popen(
         [*argv, *extra, str(suite)],
         cwd=suite,
@@ -329,9 +391,9 @@ def test_sigkill_of_a_pytest_process_holding_the_fixture_leaves_no_jvm(
         held = json.loads(hold.read_text())
         owner = psutil.Process(held["owner"])
         assert (owner.pid == proc.pid) == (who == "pytest")
-        assert psutil.Process(held["server"]).name() == "java"
+        assert psutil.Process(held["server"]).name() == SERVER_PROCESS[engine]
         owner.kill()
-        assert gone(held["server"]), f"JVM {held['server']} outlived its SIGKILLed {who}"
+        assert gone(held["server"]), f"server {held['server']} outlived its SIGKILLed {who}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,218 @@
+"""One server for a whole test run, pytest-xdist workers included, owned by the run's main process.
+
+The main process (the xdist controller, or pytest itself without xdist) hosts it: a
+:class:`SharedServerHost` watches a private folder in the run's temporary base, which every
+worker can find (``tmp_path_factory.getbasetemp().parent`` in a worker). The first process that
+needs the server creates a ``request`` file there; the host starts the server, only then, and
+writes its URL, token included, to a 0600 ``server.json``; every process reads it from there
+(:func:`wait_for_shared_server`). So the server's launcher pipe is held by the main process:
+
+- a worker that crashes, or is SIGKILLed, takes nothing with it: the others keep the server;
+- the run's end, an interrupt included, stops it (:meth:`SharedServerHost.close`);
+- the main process SIGKILLed: the launcher sees end of file and stops the server.
+
+A run in which no test needs a server starts none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._local_server import LocalServer
+
+__all__ = [
+    "FOLDER_NAME",
+    "SharedServer",
+    "SharedServerFailed",
+    "SharedServerHost",
+    "wait_for_shared_server",
+]
+
+logger = logging.getLogger("pyspark_safestop")
+
+#: The folder, in the run's temporary base, where the host and its users meet.
+FOLDER_NAME = "pyspark-safestop-shared-server"
+_REQUEST = "request"
+_SERVER = "server.json"
+_ERROR = "error.txt"
+_LOG = "server.log"
+_POLL_SECONDS = 0.05
+#: Seconds beyond the start timeout a user waits for the host's answer.
+_WAIT_SLACK = 30.0
+
+
+class SharedServerFailed(RuntimeError):
+    """The run's server could not start: ``kind`` is the exception's class name, ``reason`` its
+    message, as the host saw them."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"the run's shared server could not start: {reason}")
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SharedServer:
+    """The run's shared server as its users see it (it is the host's to start and stop)."""
+
+    url: str
+    engine: str
+    authenticated: bool
+    pid: int
+    port: int
+    log_path: Path
+
+    def log_tail(self, n: int = 80) -> str:
+        """Return the last ``n`` lines of the server's log ('' when it cannot be read)."""
+        try:
+            fd = os.open(self.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return ""
+        with os.fdopen(fd, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 256 * 1024))
+            data = handle.read()
+        return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-n:])
+
+
+def _private_folder(folder: Path) -> Path:
+    """Create ``folder`` 0700 (or accept it when it is already this user's private folder)."""
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise ValueError(f"{str(folder)!r} is not a folder of this user: refusing it")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise ValueError(f"{str(folder)!r} is open to other users: refusing it")
+    return folder
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` as a whole (0600, through a new file renamed into place)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(partial, flags, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(partial, path)
+
+
+def _read_private(path: Path) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        info = os.fstat(handle.fileno())
+        if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
+            raise ValueError(f"{str(path)!r} is not this user's private file: refusing it")
+        return handle.read()
+
+
+class SharedServerHost:
+    """Starts the run's server when first asked, publishes its URL, stops it at :meth:`close`.
+
+    ``make_server(log_path)`` builds the (unstarted) server; it runs in the host's thread.
+    """
+
+    def __init__(self, folder: Path, make_server: Callable[[Path], LocalServer]) -> None:
+        """Watch ``folder`` (created 0700) for a request; nothing is started yet."""
+        self.folder = _private_folder(folder)
+        self._make_server = make_server
+        self._server: LocalServer | None = None
+        self._closed = threading.Event()
+        self._thread = threading.Thread(
+            target=self._watch, name="pyspark-safestop shared server", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def server(self) -> LocalServer | None:
+        """The server, once a request started it."""
+        return self._server
+
+    def _watch(self) -> None:
+        request = self.folder / _REQUEST
+        while not self._closed.wait(_POLL_SECONDS):
+            if request.exists():
+                self._serve()
+                return
+
+    def _serve(self) -> None:
+        try:
+            server = self._make_server(self.folder / _LOG)
+            self._server = server
+            server.start()
+        except Exception as error:
+            logger.warning("the shared server could not start: %s", error)
+            failure = {"kind": type(error).__name__, "reason": str(error)}
+            _write_private(self.folder / _ERROR, json.dumps(failure))
+            return
+        if self._closed.is_set():  # the run ended while it started
+            server.stop()
+            return
+        shown = {
+            "url": server.url,
+            "engine": server.engine,
+            "authenticated": server.authenticated,
+            "pid": server.pid,
+            "port": server.port,
+            "log_path": str(server.log_path),
+        }
+        _write_private(self.folder / _SERVER, json.dumps(shown))
+        logger.info("shared %s server pid=%d on %s", server.engine, server.pid, server.address)
+
+    def close(self, timeout: float = 300.0) -> None:
+        """Stop the server (waiting up to ``timeout`` seconds for a start in progress) and
+        withdraw its URL. Idempotent."""
+        self._closed.set()
+        self._thread.join(timeout)
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / _SERVER).unlink()
+        if self._server is not None:
+            self._server.stop()
+
+
+def wait_for_shared_server(folder: Path, start_timeout: float) -> SharedServer:
+    """Ask the host watching ``folder`` for the run's server and wait for it.
+
+    Raises :class:`SharedServerFailed` with the host's reason when the server could not start,
+    ``RuntimeError`` when no answer comes within ``start_timeout`` (plus a margin): no host is
+    watching.
+    """
+    _private_folder(folder)
+    with contextlib.suppress(FileExistsError):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        os.close(os.open(folder / _REQUEST, flags, 0o600))
+    deadline = time.monotonic() + start_timeout + _WAIT_SLACK
+    while True:
+        shown = _read_private(folder / _SERVER)
+        if shown is not None:
+            data = json.loads(shown)
+            return SharedServer(
+                url=data["url"],
+                engine=data["engine"],
+                authenticated=data["authenticated"],
+                pid=data["pid"],
+                port=data["port"],
+                log_path=Path(data["log_path"]),
+            )
+        error = _read_private(folder / _ERROR)
+        if error is not None:
+            failure = json.loads(error)
+            raise SharedServerFailed(failure["kind"], failure["reason"])
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"no shared server was published in {folder} within "
+                f"{start_timeout + _WAIT_SLACK:g} s: the run's main process does not host one"
+            )
+        time.sleep(_POLL_SECONDS)

@@ -1,0 +1,37 @@
+"""The regression cases of ``tests/test_regressions.py``, against a Sail server.
+
+The deadlock lives in the client, so it must show against any Spark Connect server: here the
+catalogue's cases run through the fault proxy in front of a local Sail server (started by the
+plugin's ``spark_connect_server_factory``), upstream broken, the shim passing, with the same
+tests and the same table of where upstream passes. Skipped where ``sail`` is not installed
+(``pip install "pyspark-safestop[sail]"``; fails instead under ``--safestop-require-server``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pyspark_safestop.plugin import ServerFactory
+
+# The tests and their module-scoped runs, collected again here: only the server differs.
+from tests.test_regressions import (
+    outcomes,
+    test_shim_passes,
+    test_upstream_is_broken,
+    test_upstream_waits_ten_seconds_on_42,
+)
+
+__all__ = [
+    "outcomes",
+    "test_shim_passes",
+    "test_upstream_is_broken",
+    "test_upstream_waits_ten_seconds_on_42",
+]
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def spark_connect_url(spark_connect_server_factory: ServerFactory) -> str:
+    """The URL the catalogue's runs go to: a Sail server's (no token: Sail checks none)."""
+    return spark_connect_server_factory(engine="sail").url

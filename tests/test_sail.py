@@ -1,0 +1,197 @@
+"""The Sail engine: the fixtures on Sail (``--safestop-engine``, its ini key and environment
+variable), what the report header and ``serve`` say about it, the server factory, and an
+engine that cannot run here.
+
+Sail checks no secret: every place that shows a Sail server says so, none pretends otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import pyspark_safestop
+from pyspark_safestop import _engines
+from pyspark_safestop._sail import NO_AUTH_NOTICE, find_sail
+from pyspark_safestop._settings import SafestopWarning
+from pyspark_safestop.plugin import ENV_REQUIRE_SERVER
+
+pytestmark = pytest.mark.server
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sail_installed() -> None:
+    if find_sail() is None:
+        pytest.skip('no sail executable (pip install "pyspark-safestop[sail]")')
+
+
+@pytest.fixture
+def inner(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, client_layout: str
+) -> Iterator[pytest.Pytester]:
+    """An inner pytest run with the plugin; the release timeout restored afterwards.
+
+    The client is imported here first (``client_layout``): pytester unloads what an inner run
+    imported, and numpy cannot be loaded twice in one process.
+    """
+    monkeypatch.delenv(ENV_REQUIRE_SERVER, raising=False)
+    monkeypatch.delenv(_engines.ENV_ENGINE, raising=False)
+    timeout = pyspark_safestop.status()["settings"]["release_timeout"]
+    yield pytester
+    if pyspark_safestop.is_installed():
+        pyspark_safestop.install(release_timeout=timeout)
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider", *args)
+
+
+ON_SAIL = """
+def test_sail(spark, spark_connect_server, spark_connect_url):
+    assert spark_connect_server.engine == "sail"
+    assert spark_connect_url == f"sc://localhost:{spark_connect_server.port}"
+    assert spark.range(6).count() == 6
+"""
+
+
+def test_fixtures_on_sail_and_the_header_says_anyone_local_can_connect(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(ON_SAIL)
+    result = run(inner, "--safestop-engine", "sail")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [f"pyspark-safestop: fixtures use a local Sail server ({NO_AUTH_NOTICE})*"]
+    )
+
+
+def test_the_ini_key_and_the_environment_choose_sail(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner.makepyfile(ON_SAIL)
+    inner.makeini("[pytest]\nsafestop_engine = sail\n")
+    run(inner).assert_outcomes(passed=1)
+    inner.makeini("[pytest]\n")
+    monkeypatch.setenv(_engines.ENV_ENGINE, "sail")
+    run(inner).assert_outcomes(passed=1)
+
+
+def test_a_spark_header_says_owner_only(inner: pytest.Pytester) -> None:
+    inner.makepyfile("def test_nothing(): pass")
+    result = run(inner, "--safestop-engine", "spark")
+    result.stdout.fnmatch_lines(["*fixtures use a local Spark Connect server (owner only*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "message"),
+    [
+        (["--safestop-engine", "flink"], "", "*invalid choice: 'flink'*"),
+        ([], "safestop_engine = flink", "*unknown server engine 'flink'*"),
+    ],
+)
+def test_an_unknown_engine_is_a_usage_error(
+    inner: pytest.Pytester, args: list[str], ini: str, message: str
+) -> None:
+    inner.makepyfile("def test_nothing(): pass")
+    inner.makeini(f"[pytest]\n{ini}\n")
+    result = run(inner, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_a_bad_engine_in_the_environment_warns_once_and_means_spark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(_engines.ENV_ENGINE, "flink-v2")
+    monkeypatch.setattr(_engines, "_warned_engine", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [_engines.engine_from_env() for _ in range(3)] == ["spark"] * 3
+    said = [w for w in caught if issubclass(w.category, SafestopWarning)]
+    assert len(said) == 1, said
+    assert "PYSPARK_SAFESTOP_ENGINE='flink-v2'" in str(said[0].message)
+
+
+def test_a_missing_sail_skips_or_fails_with_its_reason(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYSPARK_SAFESTOP_SAIL", "/nonexistent/sail")
+    inner.makepyfile("def test_server(spark_connect_server): pass")
+    result = run(inner, "--safestop-engine", "sail", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*'/nonexistent/sail' is not an executable sail*"])
+    result = run(inner, "--safestop-engine", "sail", "--safestop-require-server")
+    result.assert_outcomes(errors=1)
+
+
+DIFFERENTIAL = """
+import pytest
+from pyspark_safestop.plugin import connect_session
+
+def test_both(spark_connect_server_factory):
+    spark_server = spark_connect_server_factory(engine="spark")
+    sail_server = spark_connect_server_factory(engine="sail")
+    assert spark_server.authenticated and not sail_server.authenticated
+    counts = []
+    for server in (spark_server, sail_server):
+        with connect_session(server.url) as session:
+            counts.append(session.range(9).count())
+    assert counts == [9, 9]
+    with pytest.raises(ValueError, match="'flink'"):
+        spark_connect_server_factory(engine="flink")
+    with pytest.raises(pytest.fail.Exception, match="SAIL_"):
+        spark_connect_server_factory(engine="sail", conf={"spark.ui.enabled": "true"})
+    with open("pids", "w") as out:
+        out.write(f"{spark_server.pid} {sail_server.pid}")
+"""
+
+
+def test_the_factory_starts_either_engine_and_stops_both_at_the_end(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(DIFFERENTIAL)
+    run(inner).assert_outcomes(passed=1)
+    pids = [int(pid) for pid in (inner.path / "pids").read_text().split()]
+    assert [pid for pid in pids if psutil.pid_exists(pid)] == []
+
+
+def test_serve_sail_prints_its_url_says_who_can_connect_and_stops_on_sigterm() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyspark_safestop", "serve", "--engine", "sail"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        url = proc.stdout.readline().strip()
+        assert re.fullmatch(r"sc://localhost:\d+", url), url
+        said = proc.stderr.readline()
+        assert NO_AUTH_NOTICE in said, said
+        (sail,) = [
+            p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "sail"
+        ]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert not sail.is_running()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
