@@ -158,8 +158,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     option(
         "server-conf",
-        "extra Spark conf for the local server, repeatable (ini: safestop_server_conf, one "
-        "KEY=VALUE per line)",
+        "extra Spark conf for the local server (for Sail: a SAIL_* setting), repeatable "
+        "(ini: safestop_server_conf, one KEY=VALUE per line)",
         metavar="KEY=VALUE",
         action="append",
     )
