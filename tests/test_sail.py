@@ -168,6 +168,8 @@ def test_the_factory_starts_either_engine_and_stops_both_at_the_end(
 
 def test_serve_sail_prints_its_url_says_who_can_connect_and_stops_on_sigterm() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
+    if "PYSPARK_SAFESTOP_SAIL" in os.environ:  # the sail of these tests, where it is not beside
+        env["PYSPARK_SAFESTOP_SAIL"] = os.environ["PYSPARK_SAFESTOP_SAIL"]
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyspark_safestop", "serve", "--engine", "sail"],
