@@ -30,6 +30,7 @@ from pyspark_safestop.testing.runner import HangSignature, Run, run_events, scen
 __all__ = [
     "CASES",
     "EXIT_BOUND",
+    "HANG_TIMEOUT",
     "RELEASE_TIMEOUT",
     "RUN_TIMEOUT",
     "STOP_BOUND",
@@ -53,6 +54,8 @@ EXIT_BOUND = 4.0
 RUN_TIMEOUT = 60.0
 #: Seconds without progress after which the child prints every thread's stack.
 WATCHDOG = 3.0
+#: The hang watchdog's timeout in the runs of its cases (seconds).
+HANG_TIMEOUT = 3.0
 
 #: A check reads a run and returns what is wrong with it (nothing: it passed).
 Check = Callable[[Run], list[str]]
@@ -125,6 +128,47 @@ def interrupted_promptly(run: Run) -> list[str]:
     return []
 
 
+def hang_declared(method: str) -> Check:
+    """The held call raised RpcHangError naming ``method`` once the hang timeout had passed."""
+
+    def check(run: Run) -> list[str]:
+        event = run.find("hang_raised")
+        if event is None:
+            return ["the held call never returned"]
+        if event["error"] != "RpcHangError":
+            return [f"the held call ended with {event['error'] or 'a result'}, not RpcHangError"]
+        if f"RPC {method} hung" not in event["message"]:
+            return [f"the error does not name {method}: {event['message']}"]
+        if not HANG_TIMEOUT <= event["seconds"] <= HANG_TIMEOUT + STOP_BOUND:
+            return [f"declared after {event['seconds']} s, not about {HANG_TIMEOUT:g} s"]
+        return []
+
+    return check
+
+
+def same_session_works(run: Run) -> list[str]:
+    """The session whose call was declared hung ran its next query."""
+    return [] if run.find("same_session_ok") else ["the same session's next query never ran"]
+
+
+def slow_but_never_hung(run: Run) -> list[str]:
+    """The slow stream outlasted the hang timeout, whole, and was never declared hung."""
+    event = run.find("slow_query")
+    if event is None:
+        return ["the slow query never finished"]
+    if event["seconds"] <= HANG_TIMEOUT:
+        return [f"the stream took {event['seconds']} s: not longer than the hang timeout"]
+    return []
+
+
+def orphan_finalised_in_submit(run: Run) -> list[str]:
+    """Where the line has a shared release pool, the orphan was finalised inside submit()."""
+    armed = run.find("armed")
+    if armed is not None and not armed["shared_pool"]:
+        return []  # nothing to arm on this line: no pool shared by the sessions
+    return field_is("queries_done", "orphan_collected", True)(run)
+
+
 # -- what a cell of the matrix shows ------------------------------------------------------------
 
 
@@ -164,6 +208,16 @@ POOL_JOINS: HangSignature = ("ExecutePlanResponseReattachableIterator.shutdown",
 RELEASE_SESSION_RPC: HangSignature = ("SparkConnectClient.release_session", "grpc._channel")
 #: 4.0+: stop() retries ReleaseSession against a server that is gone, for minutes.
 RELEASE_SESSION_RETRIES: HangSignature = ("SparkConnectClient.release_session", "Retrying")
+#: A call held by the proxy: the thread that made it waits in gRPC for a response that never
+#: comes (nothing bounds it without the hang watchdog).
+WAITS_FOR_RESPONSE: HangSignature = ("_report_hang", "grpc._channel")
+#: 4.0, 4.1: garbage collection inside the release pool's submit(), which holds the pool's
+#: lock, finalises an orphaned session whose close() shuts the same pool down.
+SUBMIT_FINALISES_SESSION: HangSignature = (
+    "ThreadPoolExecutor.submit",
+    "SparkSession.__del__",
+    "ThreadPoolExecutor.shutdown",
+)
 #: 4.0+: at exit, threading's hook joins the release pool's workers, one stuck in an RPC on a
 #: channel nobody closed.
 EXIT_JOINS_WORKERS: HangSignature = ("threading._shutdown", "_python_exit", "Thread.join")
@@ -190,6 +244,10 @@ class Case:
     checks: tuple[Check, ...]
     #: Methods the fault proxy hangs for the whole run.
     hang: tuple[str, ...] = ("ReleaseExecute",)
+    #: Only the calls whose first request holds these bytes are hung or paced (None: all).
+    marker: bytes | None = None
+    #: Methods whose every response the fault proxy holds this many seconds.
+    pace: tuple[tuple[str, float], ...] = ()
     #: "proxy" (the fault proxy; its "kill-server" checkpoint kills it), "relay" (the TCP
     #: relay: "blackhole" and "heal"), or "restart" (straight to a server the caller
     #: restarts at the "restart-server" checkpoint).
@@ -200,6 +258,9 @@ class Case:
     #: Frames that prove upstream's hang: a thread parked in one of them never comes back.
     #: Where an exit hangs (:data:`EXIT_HANGS`) is looked for in every case.
     hangs_in: tuple[HangSignature, ...] = ()
+    #: Whether a run with the shim parked in :attr:`hangs_in` is a hang too. False where those
+    #: frames are also a healthy wait that the shim bounds (a call waiting for its response).
+    hangs_in_shim_runs: bool = True
     #: The hard backstop for this case (seconds after the run's first event).
     timeout: float = RUN_TIMEOUT
     #: Part of the regression tests (the others need a server restart or take minutes).
@@ -390,6 +451,76 @@ CASES: dict[str, Case] = {
 }
 
 
+_WATCHDOG_ENV = {"PYSPARK_SAFESTOP_HANG_TIMEOUT": f"{HANG_TIMEOUT:g}"}
+_ALL_LINES = frozenset({"3.5", "4.0", "4.1", "4.2+"})
+_MARKER = b"SAFESTOP_MARKER"
+_DECLARED = f"RpcHangError ≤ {HANG_TIMEOUT + STOP_BOUND:g} s (hang timeout {HANG_TIMEOUT:g} s)"
+
+CASES.update(
+    {
+        "hung_execute_plan": Case(
+            "a query's ExecutePlan held (hang watchdog on)",
+            "hung_query",
+            _DECLARED + ", the same session's next query works",
+            _metric_event("hang_raised"),
+            (hang_declared("ExecutePlan"), same_session_works),
+            hang=("ExecutePlan",),
+            marker=_MARKER,
+            env=_WATCHDOG_ENV,
+            hangs_in=(WAITS_FOR_RESPONSE,),
+            hangs_in_shim_runs=False,
+        ),
+        "hung_analyze_plan": Case(
+            "a schema's AnalyzePlan held (hang watchdog on)",
+            "hung_schema",
+            _DECLARED + ", the same session's next query works",
+            _metric_event("hang_raised"),
+            (hang_declared("AnalyzePlan"), same_session_works),
+            hang=("AnalyzePlan",),
+            marker=_MARKER,
+            env=_WATCHDOG_ENV,
+            hangs_in=(WAITS_FOR_RESPONSE,),
+            hangs_in_shim_runs=False,
+        ),
+        "hung_in_thread": Case(
+            "a background thread's query held (hang watchdog on)",
+            "hung_query_in_thread",
+            _DECLARED + " in that thread, the session works in the main thread",
+            _metric_event("hang_raised"),
+            (hang_declared("ExecutePlan"), same_session_works),
+            hang=("ExecutePlan",),
+            marker=_MARKER,
+            env=_WATCHDOG_ENV,
+            hangs_in=(WAITS_FOR_RESPONSE,),
+            hangs_in_shim_runs=False,
+        ),
+        "slow_stream": Case(
+            f"every response held {HANG_TIMEOUT / 2:g} s (hang watchdog on)",
+            "slow_stream",
+            f"completes, longer than {HANG_TIMEOUT:g} s in all, never declared hung",
+            _metric_event("slow_query"),
+            (slow_but_never_hung, same_session_works),
+            hang=(),
+            marker=_MARKER,
+            pace=(("ExecutePlan", HANG_TIMEOUT / 2),),
+            env=_WATCHDOG_ENV,
+            upstream_passes_on=_ALL_LINES,
+        ),
+        "gc_inside_submit": Case(
+            "no fault: garbage collection inside the release pool's submit()",
+            "gc_inside_submit",
+            "the queries finish, next session works",
+            _metric_stop("first"),
+            (orphan_finalised_in_submit, next_session_works),
+            hang=(),
+            # 3.5's pool takes no lock in its submit; 4.2+ gives each iterator its own pool.
+            upstream_passes_on=frozenset({"3.5", "4.2+"}),
+            hangs_in=(SUBMIT_FINALISES_SESSION,),
+        ),
+    }
+)
+
+
 #: Two sessions and their queries on a healthy connection: a fresh server's JVM warmed up, so
 #: that the measured runs' first queries do not all pay for a cold start at once.
 WARM_UP = Case("warm-up", "plain_stop", "", _metric_stop("first"), (), hang=(), regression=False)
@@ -423,7 +554,7 @@ def run_case(
             timeout=timeout or case.timeout,
             env=case.env,
             on_checkpoint={**steps, **(actions or {})},
-            hangs_in=(*case.hangs_in, *EXIT_HANGS),
+            hangs_in=(*(case.hangs_in if case.hangs_in_shim_runs or not shim else ()), *EXIT_HANGS),
             label=name,
             stderr_path=stderr_path,
         )
@@ -439,5 +570,7 @@ def run_case(
 
     with FaultProxy(upstream) as proxy:
         for method in case.hang:
-            proxy.hang(method)
+            proxy.hang(method, marker=case.marker)
+        for method, seconds in case.pace:
+            proxy.pace(method, seconds, marker=case.marker)
         return go(proxy.url, {"kill-server": proxy.kill})

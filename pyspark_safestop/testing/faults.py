@@ -4,7 +4,8 @@
 handler that forwards every method, byte for byte, as a raw stream-stream call to the real
 server (the gRPC wire format is the same for unary and streaming calls, so no protobuf
 knowledge is needed). Per method (by short name, e.g. ``"ReleaseExecute"``) it can instead
-hang the call until the client cancels it, delay it, or fail it; for every call, every k-th
+hang the call until the client cancels it, delay it, hold each of its responses (pace), or fail it;
+for every call, every k-th
 call, or only the calls whose first request message contains a marker (the bytes of a SQL
 text, say). It can drop every connection (:meth:`FaultProxy.kill`) and come back on the same
 port (:meth:`FaultProxy.restart`). It counts the calls per method.
@@ -76,7 +77,7 @@ else:
 
 @dataclass(frozen=True)
 class _Fault:
-    kind: Literal["hang", "delay", "fail"]
+    kind: Literal["hang", "delay", "pace", "fail"]
     seconds: float = 0.0
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     details: str = "injected"
@@ -213,6 +214,15 @@ class FaultProxy:
         self._set(
             method, _Fault("delay", seconds=seconds, every=_check_every(every), marker=marker)
         )
+
+    def pace(
+        self, method: str, seconds: float, *, every: int = 1, marker: bytes | None = None
+    ) -> None:
+        """Each response of a call to ``method`` is passed on ``seconds`` seconds after the
+        previous one: a stream that is slow but never stalls for longer than that."""
+        if not seconds >= 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        self._set(method, _Fault("pace", seconds=seconds, every=_check_every(every), marker=marker))
 
     def fail(
         self,
@@ -455,7 +465,8 @@ class FaultProxy:
         if channel is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "fault proxy stopped")
         assert channel is not None  # abort() raised otherwise
-        yield from self._forward(channel, method, requests, context)
+        pace = fault.seconds if fault is not None and fault.kind == "pace" else 0.0
+        yield from self._forward(channel, method, requests, context, pace)
 
     def _forward(
         self,
@@ -463,8 +474,10 @@ class FaultProxy:
         method: str,
         requests: Iterator[bytes],
         context: grpc.ServicerContext,
+        pace: float = 0.0,
     ) -> Iterator[bytes]:
-        """Relay one call to the upstream server, raw bytes both ways."""
+        """Relay one call to the upstream server, raw bytes both ways (each response held
+        ``pace`` seconds)."""
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > _NO_DEADLINE_ABOVE else remaining
         multicallable: Callable[..., Any] = channel.stream_stream(method, None, None)
@@ -482,7 +495,10 @@ class FaultProxy:
             initial = _clean_metadata(upstream_call.initial_metadata())
             if initial:
                 context.send_initial_metadata(initial)
-            yield from upstream_call
+            for response in upstream_call:
+                if pace:
+                    self._wait(threading.Event(), context, pace)
+                yield response
         except grpc.RpcError as exc:
             error = exc
         # Trailers carry Spark Connect's rich error details (grpc-status-details-bin): relay

@@ -305,6 +305,122 @@ def loop_100_hung() -> None:
     _next_session_works()
 
 
+# -- hung calls and the hang watchdog ------------------------------------------------------------
+
+#: The text the fault proxy looks for in the calls it holds (see the catalogue's ``marker``).
+MARKER = "SAFESTOP_MARKER"
+
+
+def _report_hang(label: str, call: Callable[[], object]) -> None:
+    started = time.monotonic()
+    try:
+        call()
+        error, message = None, ""
+    except Exception as caught:
+        error, message = type(caught).__name__, str(caught).splitlines()[0][:500]
+    event(
+        "hang_raised",
+        label=label,
+        error=error,
+        message=message,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def _same_session_works(session: Any) -> None:
+    query(session, 5)
+    event("same_session_ok")
+    _timed_stop(session, "first")
+
+
+def hung_query() -> None:
+    """A query whose ExecutePlan call is held (its SQL carries the marker), then the same
+    session's next query."""
+    session = new_session(_url)
+    query(session)
+    _report_hang("ExecutePlan", lambda: session.sql(f"SELECT '{MARKER}' AS m").collect())
+    _same_session_works(session)
+
+
+def hung_schema() -> None:
+    """The schema of a marked plan, whose AnalyzePlan call is held, then the same session's
+    next query."""
+    session = new_session(_url)
+    query(session)
+    frame = session.sql(f"SELECT '{MARKER}' AS m")
+    _report_hang("AnalyzePlan", lambda: frame.schema)
+    _same_session_works(session)
+
+
+def hung_query_in_thread() -> None:
+    """The held query runs in a background thread; then the main thread uses the session."""
+    session = new_session(_url)
+    query(session)
+    worker = threading.Thread(
+        target=_report_hang,
+        args=("ExecutePlan", lambda: session.sql(f"SELECT '{MARKER}' AS m").collect()),
+        name="query-thread",
+        daemon=True,
+    )
+    worker.start()
+    worker.join(CAP)
+    _same_session_works(session)
+
+
+def slow_stream() -> None:
+    """A query whose responses come slowly (each one held by the proxy), but keep coming."""
+    session = new_session(_url)
+    query(session)
+    started = time.monotonic()
+    # One call carries the marker (sql() would send it twice: its command, then the query).
+    rows = session.range(5).selectExpr("id", f"'{MARKER}' AS m").collect()
+    event("slow_query", rows=len(rows), seconds=round(time.monotonic() - started, 3))
+    _same_session_works(session)
+
+
+def gc_inside_submit() -> None:
+    """No fault at all: garbage collection runs inside the release pool's ``submit()``, which
+    holds the pool's non-reentrant lock, and finalises an orphaned session, whose ``close()``
+    shuts that very pool down (4.0, 4.1: a thread deadlocked on a lock it holds)."""
+    from pyspark.sql.connect.client.reattach import ExecutePlanResponseReattachableIterator
+
+    session = new_session(_url)  # the default and active session: the next one is not
+    query(session)
+    orphans = [new_session(_url)]  # referenced by this list only
+    query(orphans[0])
+    pool = getattr(ExecutePlanResponseReattachableIterator, "_release_thread_pool_instance", None)
+    lock = getattr(pool, "_shutdown_lock", None)
+    event("armed", shared_pool=lock is not None)
+
+    def inside_submit() -> bool:
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_code.co_name == "submit" and frame.f_locals.get("self") is pool:
+                return True
+            frame = frame.f_back
+        return False
+
+    def collect_inside_submit(phase: str, info: dict[str, Any]) -> None:
+        # A collection that starts inside submit(), on the thread holding the pool's lock,
+        # drops the orphan's last reference, as a real collection of an orphaned cycle would.
+        if phase == "start" and orphans and lock is not None and lock.locked() and inside_submit():
+            orphans.clear()
+
+    thresholds = gc.get_threshold()
+    gc.callbacks.append(collect_inside_submit)
+    gc.set_threshold(1)  # a collection at nearly every allocation, those inside submit() too
+    try:
+        for _ in range(3):
+            query(session)
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.callbacks.remove(collect_inside_submit)
+    event("queries_done", orphan_collected=not orphans)
+    orphans.clear()
+    _timed_stop(session, "first")
+    _next_session_works()
+
+
 #: Every scenario by name.
 SCENARIOS: dict[str, Callable[[], None]] = {
     f.__name__: f
@@ -322,6 +438,11 @@ SCENARIOS: dict[str, Callable[[], None]] = {
         fork_after_use,
         restart_same_port,
         loop_100_hung,
+        hung_query,
+        hung_schema,
+        hung_query_in_thread,
+        slow_stream,
+        gc_inside_submit,
     )
 }
 
