@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import pyspark_safestop
@@ -393,7 +394,7 @@ def gc_inside_submit() -> None:
     event("armed", shared_pool=lock is not None)
 
     def inside_submit() -> bool:
-        frame = sys._getframe(2)
+        frame: FrameType | None = sys._getframe(2)
         while frame is not None:
             if frame.f_code.co_name == "submit" and frame.f_locals.get("self") is pool:
                 return True
