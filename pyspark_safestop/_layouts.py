@@ -368,13 +368,16 @@ def token_needs_channel_builder() -> bool:
     """Whether the installed client line ignores a ``;token=`` URL on a plain local channel.
 
     4.0+ clients send the token over local credentials when the URL's host is ``localhost``
-    (their channel builder is ``DefaultChannelBuilder``). 3.5 sends a token only over TLS, so
-    a ``remote(url)`` with a token cannot reach a plain local server there. Imports pyspark's
-    Spark Connect client.
+    (their channel builder is ``DefaultChannelBuilder``, with a ``use_ssl`` apart from
+    ``secure``). 3.5 sends a token only over TLS, so a ``remote(url)`` with a token cannot
+    reach a plain local server there; neither can Databricks Connect 16.1, whose
+    ``DefaultChannelBuilder`` has no ``use_ssl`` and no local path. Imports pyspark's Spark
+    Connect client.
     """
     from pyspark.sql.connect.client import core
 
-    return not hasattr(core, "DefaultChannelBuilder")
+    builder = getattr(core, "DefaultChannelBuilder", None)
+    return builder is None or not hasattr(builder, "use_ssl")
 
 
 def session_builder(url: str) -> Any:
@@ -399,28 +402,45 @@ def _local_token_channel_builder(url: str) -> Any:
     import grpc
     from pyspark.sql.connect.client import core
 
-    class LocalTokenChannelBuilder(core.ChannelBuilder):  # type: ignore[misc]
-        """3.5's channel builder, with 4.0's local-credentials path for a token."""
+    # Databricks Connect 16.1 parses URLs in DefaultChannelBuilder (3.5: in ChannelBuilder).
+    base = getattr(core, "DefaultChannelBuilder", core.ChannelBuilder)
+
+    class LocalTokenChannelBuilder(base):  # type: ignore[misc,valid-type]
+        """The client's channel builder, with 4.0's local-credentials path for a token."""
 
         def toChannel(self) -> Any:
-            token = self.params[core.ChannelBuilder.PARAM_TOKEN]
+            token = _param(self, core.ChannelBuilder.PARAM_TOKEN) or ""
             credentials = grpc.composite_channel_credentials(
                 grpc.local_channel_credentials(), grpc.access_token_call_credentials(token)
             )
+            if base is not core.ChannelBuilder:
+                # Its own helper adds the channel options and the client's interceptors.
+                return self._secure_channel(self.endpoint, credentials)
             return grpc.secure_channel(
                 f"{self.host}:{self.port}", credentials, options=self._channel_options
             )
 
     built = LocalTokenChannelBuilder(url)
-    # Anything but localhost, or TLS asked for, keeps 3.5's own behaviour (TLS), as 4.0+ does.
-    wants_tls = built.params.get(core.ChannelBuilder.PARAM_USE_SSL, "").lower() == "true"
+    # Anything but localhost, or TLS asked for, keeps the client's own behaviour (TLS), as
+    # 4.0+ does.
+    wants_tls = str(_param(built, core.ChannelBuilder.PARAM_USE_SSL)).lower() == "true"
     if (
         built.host != "localhost"
         or wants_tls
-        or core.ChannelBuilder.PARAM_TOKEN not in built.params
+        or _param(built, core.ChannelBuilder.PARAM_TOKEN) is None
     ):
         return None
     return built
+
+
+def _param(builder: Any, name: str) -> str | None:
+    """One URL parameter of a channel builder (3.5 keeps them in ``params``, later lines behind
+    ``getDefault``)."""
+    if hasattr(builder, "getDefault"):
+        value = builder.getDefault(name, None)
+    else:
+        value = builder.params.get(name)
+    return None if value is None else str(value)
 
 
 def server_address(client: Any) -> str:

@@ -604,7 +604,8 @@ def _warn_if_token_needs_channel_builder() -> None:
             return
         _warned_token_url = True
         warnings.warn(
-            "pyspark 3.5 sends a token only over TLS: SparkSession.builder.remote(url) cannot "
+            "this pyspark client (3.5, Databricks Connect 16.1) sends a token only over TLS: "
+            "SparkSession.builder.remote(url) cannot "
             "reach the local server with spark_connect_url; use the spark and spark_per_class "
             "fixtures or pyspark_safestop.plugin.connect_session(url)",
             SafestopWarning,
