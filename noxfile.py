@@ -1,11 +1,14 @@
-"""The test matrix: the whole suite against five Spark Connect client lines, lint, and the
-activation tests (the package installed for real, from its wheel and in editable mode).
+"""The test matrix: the whole suite against every supported Spark Connect client line, lint, the
+unit tests on the one claimed Python no line runs on, and the activation tests (the package
+installed for real, from its wheel and in editable mode).
 
-``nox`` runs everything; ``nox -s "tests(line='4.1')"`` runs one line. Each line gets its own
-virtual environment. The real server for every line comes from one ``pyspark==4.3.*``
-install (the full distribution ships the JVM jars; the ``pyspark-client`` lines have none);
-every client line from 3.5 on talks to a 4.3 server. ``nox -s demo`` runs the examples against
-a real local server, without and with the shim.
+``nox`` runs everything one session after another; ``bash .ci/run`` installs everything first,
+then runs the sessions side by side. ``nox -s "tests(line='4.1')"`` runs one line. Each line
+gets its own virtual environment, on the Python its entry in ``LINES`` names. The real server
+for every line comes from one ``pyspark==4.3.*`` install (the full distribution ships the JVM
+jars; the ``pyspark-client`` and ``databricks-connect`` lines have none); every client line
+from 3.5 on talks to a 4.3 server. ``nox -s demo`` runs the examples against a real local
+server, without and with the shim.
 """
 
 from __future__ import annotations
@@ -17,18 +20,49 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "tests", "activation"]
+nox.options.sessions = ["lint", "tests", "unit", "activation"]
 nox.options.error_on_missing_interpreters = True
 
-LINES = {
-    "3.5": ["pyspark[connect]==3.5.*", "pandas<2.3", "numpy<2", "pyarrow<17", "protobuf<5"],
-    "4.0": ["pyspark-client==4.0.*", "pandas<3"],
-    "4.1": ["pyspark-client==4.1.*", "pandas<3"],
-    "4.2": ["pyspark-client==4.2.*", "pandas<3"],
-    "4.3": ["pyspark[connect]==4.3.*", "pandas<3"],
+#: Client line -> (Python, what to install); ``None``: the interpreter running nox. The
+#: databricks-connect lines ship their own ``pyspark`` module and must not get Apache's beside
+#: it (both write the same files). 16.1 is the newest for Python 3.11 (its ``pyspark`` says
+#: 3.5.2 and is built like 4.0); 19.3 needs Python 3.12 (says 4.4.0.dev0, built like 4.2+).
+#: The 3.9 and 3.13 lines cover the ends of ``requires-python``: 4.0 is the newest line that
+#: installs on 3.9.
+LINES: dict[str, tuple[str | None, list[str]]] = {
+    "3.5": (None, ["pyspark[connect]==3.5.*", "pandas<2.3", "numpy<2", "pyarrow<17", "protobuf<5"]),
+    "4.0": (None, ["pyspark-client==4.0.*", "pandas<3"]),
+    "4.1": (None, ["pyspark-client==4.1.*", "pandas<3"]),
+    "4.2": (None, ["pyspark-client==4.2.*", "pandas<3"]),
+    "4.3": (None, ["pyspark[connect]==4.3.*", "pandas<3"]),
+    "dbc-16.1": (None, ["databricks-connect==16.1.*", "pyarrow<20", "pandas<2.3", "numpy<2"]),
+    "dbc-19.3": ("3.12", ["databricks-connect==19.3.*"]),
+    "4.0-py3.9": ("3.9", ["pyspark-client==4.0.*", "pandas<3"]),
+    "4.3-py3.13": ("3.13", ["pyspark[connect]==4.3.*", "pandas<3"]),
 }
+#: The lines of the benchmarks and the demo, on the interpreter running nox.
+MAIN_LINES = ("3.5", "4.0", "4.1", "4.2", "4.3")
+#: Claimed by ``requires-python`` but run by no line: the tests that need no server, there.
+UNIT_PYTHONS = ("3.10",)
+UNIT_LINE = "4.2"
 SERVER_REQUIREMENT = "pyspark==4.3.*"
 SERVER_VENV = Path(".nox") / "_spark-server"
+#: Sail answers no query when its own environment holds pyspark 4.3: it gets a venv of its own.
+SAIL_VENV = Path(".nox") / "_sail-server"
+
+
+def _sail(session: nox.Session) -> str:
+    """The ``sail`` executable of the Sail tests, installed once into its own venv."""
+    sail = SAIL_VENV / "bin" / "sail"
+    if not sail.is_file():
+        session.run_install(
+            "uv", "venv", "-q", "--python", sys.executable, str(SAIL_VENV), external=True
+        )  # fmt: skip
+        session.run_install(
+            "uv", "pip", "install", "-q", "--python", str(SAIL_VENV / "bin" / "python"),
+            "pysail", external=True,
+        )  # fmt: skip
+    return str(sail.resolve())
 
 
 def _spark_home(session: nox.Session) -> str:
@@ -38,8 +72,11 @@ def _spark_home(session: nox.Session) -> str:
         return explicit
     found = sorted(SERVER_VENV.glob("lib/python*/site-packages/pyspark/jars/spark-connect_*.jar"))
     if not found:
-        session.run("uv", "venv", "-q", "--python", sys.executable, str(SERVER_VENV), external=True)
-        session.run(
+        # run_install: `nox --install-only` (what .ci/run does first) makes it too.
+        session.run_install(
+            "uv", "venv", "-q", "--python", sys.executable, str(SERVER_VENV), external=True
+        )  # fmt: skip
+        session.run_install(
             "uv", "pip", "install", "-q", "--python", str(SERVER_VENV / "bin" / "python"),
             SERVER_REQUIREMENT, external=True,
         )  # fmt: skip
@@ -66,21 +103,33 @@ def _install_dependencies(session: nox.Session, *extra: str) -> None:
 
 
 @nox.session
-@nox.parametrize("line", list(LINES))
+@nox.parametrize(
+    "python,line",
+    # The id keeps the names short (`tests(line='4.1')`); the line's name tells its Python.
+    [nox.param(python, line, id=f"line={line!r}") for line, (python, _) in LINES.items()],
+)
 def tests(session: nox.Session, line: str) -> None:
     """The test suite on one client line, against a real Spark Connect server."""
     spark_home = _spark_home(session)
-    _install_dependencies(session, *LINES[line])
+    _install_dependencies(session, *LINES[line][1])
     session.run(
         "pytest",
         "--ignore=tests/activation",
         *session.posargs,
         env={
             "PYSPARK_SAFESTOP_SPARK_HOME": spark_home,
+            "PYSPARK_SAFESTOP_SAIL": _sail(session),
             # Missing Java or jars fail the run here instead of skipping the server tests.
             "PYSPARK_SAFESTOP_REQUIRE_SERVER": "1",
         },
     )
+
+
+@nox.session(python=UNIT_PYTHONS)
+def unit(session: nox.Session) -> None:
+    """The tests that need no server, on a Python that no client line runs on."""
+    _install_dependencies(session, *LINES[UNIT_LINE][1])
+    session.run("pytest", "--ignore=tests/activation", "-m", "not server", *session.posargs)
 
 
 @nox.session
@@ -88,7 +137,7 @@ def activation(session: nox.Session) -> None:
     """The package installed for real (wheel, editable) in fresh environments: the .pth, the
     pytest plugin under xdist, doctor, serve; then the start-up cost of the .pth."""
     spark_home = _spark_home(session)
-    _install_dependencies(session, "uv", *LINES[ACTIVATION_LINE])
+    _install_dependencies(session, "uv", *LINES[ACTIVATION_LINE][1])
     session.run(
         "pytest",
         "tests/activation",
@@ -96,7 +145,7 @@ def activation(session: nox.Session) -> None:
         env={
             "PYSPARK_SAFESTOP_SPARK_HOME": spark_home,
             "PYSPARK_SAFESTOP_REQUIRE_SERVER": "1",
-            "PYSPARK_SAFESTOP_ACTIVATION_CLIENT": " ".join(LINES[ACTIVATION_LINE]),
+            "PYSPARK_SAFESTOP_ACTIVATION_CLIENT": " ".join(LINES[ACTIVATION_LINE][1]),
         },
     )
     session.run("python", "benchmarks/startup.py", "--runs", "200")
@@ -115,10 +164,10 @@ def demo(session: nox.Session) -> None:
         at = args.index("--line")
         line = args[at + 1] if at + 1 < len(args) else ""
         del args[at : at + 2]
-    if line not in LINES:
-        session.error(f"--line must be one of {', '.join(LINES)}")
+    if line not in MAIN_LINES:
+        session.error(f"--line must be one of {', '.join(MAIN_LINES)}")
     spark_home = _spark_home(session)
-    session.install(*LINES[line], ".[test,testing]")
+    session.install(*LINES[line][1], ".[test,testing]")
     session.run(
         "python", "examples/demo.py", *args, env={"PYSPARK_SAFESTOP_SPARK_HOME": spark_home}
     )
@@ -131,7 +180,7 @@ def _line_python(session: nox.Session, line: str) -> str:
     if not python.exists():
         session.run("uv", "venv", "-q", "--python", sys.executable, str(venv), external=True)
     session.run(
-        "uv", "pip", "install", "-q", "--python", str(python), *LINES[line], ".", external=True
+        "uv", "pip", "install", "-q", "--python", str(python), *LINES[line][1], ".", external=True
     )  # fmt: skip
     # Not resolve(): the venv's python is a symlink to the base interpreter, which has no pyspark.
     return str(python.absolute())
@@ -142,7 +191,7 @@ def bench(session: nox.Session) -> None:
     """stop() latency and exit time, upstream vs shim, on every client line, in one table."""
     spark_home = _spark_home(session)
     session.install("grpcio", "psutil", "wrapt")
-    lines = [f"--line={line}={_line_python(session, line)}" for line in LINES]
+    lines = [f"--line={line}={_line_python(session, line)}" for line in MAIN_LINES]
     session.run(
         "python", "benchmarks/stop_latency.py", *lines, *session.posargs,
         env={"PYSPARK_SAFESTOP_SPARK_HOME": spark_home},
@@ -165,7 +214,7 @@ def evidence(session: nox.Session) -> None:
         session.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(EVIDENCE)}")
     spark_home = _spark_home(session)
     session.install(".[bench]")
-    pythons = {line: _line_python(session, line) for line in LINES}
+    pythons = {line: _line_python(session, line) for line in MAIN_LINES}
     for python in pythons.values():
         # The suite-shaped runs are pytest suites, also under pytest-xdist.
         session.run(
