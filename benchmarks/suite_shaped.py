@@ -197,8 +197,9 @@ class SuiteRun:
     wall: float = 0.0
     hung: bool = False
     returncode: int | None = None
-    hung_releases: int = 0
-    release_calls: int = 0
+    #: Calls of the faulted method that the proxy hung, and all its calls.
+    hung_calls: int = 0
+    faulted_method_calls: int = 0
     first_failure: str = ""
     #: Seconds from the run's start to each failure: when the cascade began.
     failure_times: list[float] = field(default_factory=list)
@@ -218,23 +219,25 @@ def run_suite(
     tag: str,
     xdist: bool = False,
     spark_home: str | None = None,
+    method: str = "ReleaseExecute",
+    env: dict[str, str] | None = None,
 ) -> SuiteRun:
-    """One pytest run of the suite through a proxy hanging every ``every``-th release."""
+    """One pytest run of the suite through a proxy hanging every ``every``-th call of
+    ``method`` (a release, unless said otherwise), with ``env`` added to its environment."""
     results_file = work / f"{tag}.jsonl"
     results_file.unlink(missing_ok=True)
     result = SuiteRun(total=total)
     with FaultProxy(server_url) as proxy:
         if every > 0:
-            proxy.hang("ReleaseExecute", every=every)
-        env = child_env(
-            shim=shim,
-            extra={
-                "SUITE_URL": proxy.url,
-                "SUITE_STOP": stop,
-                "SUITE_RESULTS": str(results_file),
-                "SUITE_TEST_TIMEOUT": str(TEST_TIMEOUT),
-            },
-        )
+            proxy.hang(method, every=every)
+        extra = {
+            "SUITE_URL": proxy.url,
+            "SUITE_STOP": stop,
+            "SUITE_RESULTS": str(results_file),
+            "SUITE_TEST_TIMEOUT": str(TEST_TIMEOUT),
+            **(env or {}),
+        }
+        env = child_env(shim=shim, extra=extra)
         if spark_home and not env.get("SPARK_HOME"):
             # pyspark-client 4.2.0's dependency check takes an interpreter started with
             # `python -c` (as pytest-xdist starts its workers) for a doctest run, looks for a
@@ -260,8 +263,8 @@ def run_suite(
                 result.hung = True
                 kill_group(proc)
         result.wall = round(time.monotonic() - started, 2)
-        result.hung_releases = proxy.faulted("ReleaseExecute")
-        result.release_calls = proxy.calls("ReleaseExecute")
+        result.hung_calls = proxy.faulted(method)
+        result.faulted_method_calls = proxy.calls(method)
     _count(result, results_file, started_wall=time.time() - result.wall)
     return result
 
@@ -488,7 +491,7 @@ def print_table(
         line, shim, fraction, variant = key
         for index, run in enumerate(results[key]):
             name = variant if len(results[key]) == 1 else f"{variant} (#{index + 1})"
-            hung_calls = f"{fraction:.0%} ({run.hung_releases} of {run.release_calls} calls)"
+            hung_calls = f"{fraction:.0%} ({run.hung_calls} of {run.faulted_method_calls} calls)"
             first = f"{run.failure_times[0]:.0f} s" if run.failure_times else "-"
             row = [
                 line,
