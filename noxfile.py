@@ -198,7 +198,10 @@ def bench(session: nox.Session) -> None:
     )  # fmt: skip
 
 
-EVIDENCE = ("stop_latency", "chart", "fault_matrix", "resource_growth", "suite_shaped", "seed_size")
+EVIDENCE = (
+    "stop_latency", "chart", "fault_matrix", "resource_growth", "suite_shaped", "seed_size",
+    "watchdog",
+)  # fmt: skip
 
 
 @nox.session
@@ -235,6 +238,7 @@ def evidence(session: nox.Session) -> None:
             f"--line=4.1={pythons['4.1']}", f"--line=4.3={pythons['4.3']}",
             "--json=benchmarks/results/suite_shaped_seed_size.json",
         ],
+        "watchdog": ["benchmarks/watchdog.py", *lines],
     }  # fmt: skip
     for name in EVIDENCE:
         if name in wanted:
