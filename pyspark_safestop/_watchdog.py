@@ -96,13 +96,21 @@ def hangs_since(index: int) -> tuple[int, list[RpcHang]]:
         return len(_hangs), _hangs[index:]
 
 
-def _thread_stacks() -> str:
+_MONITOR_THREAD = "pyspark-safestop-watchdog"
+
+
+def _thread_stacks(first: str) -> str:
+    """Every thread's stack, the thread named ``first`` (the hung call's) at the top; the
+    watchdog's own thread, which only reports, is left out."""
     names = {thread.ident: thread.name for thread in threading.enumerate()}
     parts = []
     for ident, frame in sys._current_frames().items():
+        name = names.get(ident, "?")
+        if name == _MONITOR_THREAD:
+            continue
         stack = "".join(traceback.format_stack(frame))
-        parts.append(f"Thread {names.get(ident, '?')!r} ({ident}):\n{stack}")
-    return "\n".join(parts)
+        parts.append((name != first, f"Thread {name!r} ({ident}):\n{stack}"))
+    return "\n".join(text for _, text in sorted(parts, key=lambda part: part[0]))
 
 
 def _declare(
@@ -122,7 +130,7 @@ def _declare(
         address=address,
         waited=waited,
         thread=thread,
-        stacks=_thread_stacks(),
+        stacks=_thread_stacks(thread),
     )
     _record(hang)
     return hang
@@ -150,9 +158,7 @@ class _Monitor:
         with self._condition:
             self._waiting[id(stream)] = stream
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="pyspark-safestop-watchdog", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name=_MONITOR_THREAD, daemon=True)
                 self._thread.start()
             self._condition.notify()
 
