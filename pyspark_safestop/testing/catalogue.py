@@ -456,43 +456,32 @@ _ALL_LINES = frozenset({"3.5", "4.0", "4.1", "4.2+"})
 _MARKER = b"SAFESTOP_MARKER"
 _DECLARED = f"RpcHangError ≤ {HANG_TIMEOUT + STOP_BOUND:g} s (hang timeout {HANG_TIMEOUT:g} s)"
 
+
+def _held(title: str, scenario: str, method: str, where: str) -> Case:
+    """A case whose one marked ``method`` call the proxy holds, with the watchdog on."""
+    return Case(
+        f"{title} (hang watchdog on)",
+        scenario,
+        f"{_DECLARED}{where}; the same session's next query works",
+        _metric_event("hang_raised"),
+        (hang_declared(method), same_session_works),
+        hang=(method,),
+        marker=_MARKER,
+        env=_WATCHDOG_ENV,
+        hangs_in=(WAITS_FOR_RESPONSE,),
+        hangs_in_shim_runs=False,
+    )
+
+
 CASES.update(
     {
-        "hung_execute_plan": Case(
-            "a query's ExecutePlan held (hang watchdog on)",
-            "hung_query",
-            _DECLARED + ", the same session's next query works",
-            _metric_event("hang_raised"),
-            (hang_declared("ExecutePlan"), same_session_works),
-            hang=("ExecutePlan",),
-            marker=_MARKER,
-            env=_WATCHDOG_ENV,
-            hangs_in=(WAITS_FOR_RESPONSE,),
-            hangs_in_shim_runs=False,
-        ),
-        "hung_analyze_plan": Case(
-            "a schema's AnalyzePlan held (hang watchdog on)",
-            "hung_schema",
-            _DECLARED + ", the same session's next query works",
-            _metric_event("hang_raised"),
-            (hang_declared("AnalyzePlan"), same_session_works),
-            hang=("AnalyzePlan",),
-            marker=_MARKER,
-            env=_WATCHDOG_ENV,
-            hangs_in=(WAITS_FOR_RESPONSE,),
-            hangs_in_shim_runs=False,
-        ),
-        "hung_in_thread": Case(
-            "a background thread's query held (hang watchdog on)",
+        "hung_execute_plan": _held("a query's ExecutePlan held", "hung_query", "ExecutePlan", ""),
+        "hung_analyze_plan": _held("a schema's AnalyzePlan held", "hung_schema", "AnalyzePlan", ""),
+        "hung_in_thread": _held(
+            "a background thread's query held",
             "hung_query_in_thread",
-            _DECLARED + " in that thread, the session works in the main thread",
-            _metric_event("hang_raised"),
-            (hang_declared("ExecutePlan"), same_session_works),
-            hang=("ExecutePlan",),
-            marker=_MARKER,
-            env=_WATCHDOG_ENV,
-            hangs_in=(WAITS_FOR_RESPONSE,),
-            hangs_in_shim_runs=False,
+            "ExecutePlan",
+            " in that thread, while the main thread goes on",
         ),
         "slow_stream": Case(
             f"every response held {HANG_TIMEOUT / 2:g} s (hang watchdog on)",
