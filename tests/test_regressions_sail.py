@@ -31,6 +31,25 @@ __all__ = [
 pytestmark = pytest.mark.server
 
 
+#: (case, client line) where upstream does not break against Sail, with what was seen instead.
+UPSTREAM_PASSES_ON_SAIL = {
+    ("server_killed", "3.5"): (
+        "3.5 (no ReleaseSession RPC) against Sail: upstream's stop() after the server is gone "
+        "returns at once, nothing of the case is left in flight to retry"
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def _upstream_on_sail(request: pytest.FixtureRequest, client_layout: str) -> None:
+    """Skip the upstream check of a case that does not reproduce against Sail on this line."""
+    callspec = getattr(request.node, "callspec", None)
+    name = None if callspec is None else callspec.params.get("name")
+    reason = UPSTREAM_PASSES_ON_SAIL.get((str(name), client_layout))
+    if reason is not None and request.node.originalname == "test_upstream_is_broken":
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def spark_connect_url(spark_connect_server_factory: ServerFactory) -> str:
     """The URL the catalogue's runs go to: a Sail server's (no token: Sail checks none)."""

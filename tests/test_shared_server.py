@@ -1,6 +1,7 @@
 """One server for a whole pytest-xdist run (``--safestop-shared-server``), in real ``pytest -n 2``
 runs: one server for the run, every worker on it, none left afterwards; a worker SIGKILLed
-leaves it to the others; the run's main process SIGKILLed takes it along.
+leaves it to the others; an interrupted run stops it; the run's main process SIGKILLed takes it
+along.
 """
 
 from __future__ import annotations
@@ -212,6 +213,34 @@ def test_the_main_process_sigkilled_takes_the_server_along(
         assert gone(server), f"server {server} outlived the SIGKILLed main process"
     finally:
         # The workers, orphaned, are in the run's process group: ended with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_an_interrupted_run_stops_the_server(suite: tuple[Path, Path, dict[str, str]]) -> None:
+    folder, out, env = suite
+    (folder / "test_holding.py").write_text(textwrap.dedent(HOLDING))
+    proc = subprocess.Popen(
+        pytest_argv("--safestop-engine", "sail" if find_sail() else "spark", "test_holding.py"),
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + HANG
+        while not records(out, "holding") and proc.poll() is None:
+            assert time.monotonic() < deadline, "the inner run never got its server"
+            time.sleep(0.2)
+        (held,) = records(out, "holding")
+        server = held["server"]
+        assert isinstance(server, int)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the run ends in order
+        proc.wait(timeout=120)
+        assert gone(server, within=1.0), f"server {server} outlived the interrupted run"
+    finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
