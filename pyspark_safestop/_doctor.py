@@ -25,9 +25,11 @@ from . import __version__, _distribution, _layouts
 from ._server import find_spark_home, java_available
 from ._settings import (
     ENV_ENABLED,
+    ENV_HANG_TIMEOUT,
     ENV_RELEASE_TIMEOUT,
     enabled_from_env,
     environment_problems,
+    hang_timeout_from_env,
     release_timeout_from_env,
 )
 
@@ -242,6 +244,7 @@ def diagnose() -> dict[str, Any]:
             "layout": status.get("layout"),
             "layout_problem": status.get("layout_problem"),
             "connect_error": probe.get("connect_error"),
+            "token_needs_channel_builder": probe.get("token_needs_channel_builder"),
         },
         "activation": {
             "pth": {"active": pth_active, "state": pth_text, "file": files[PTH_FILE]},
@@ -256,6 +259,8 @@ def diagnose() -> dict[str, Any]:
             "enabled": enabled_from_env(),
             ENV_RELEASE_TIMEOUT: os.environ.get(ENV_RELEASE_TIMEOUT),
             "release_timeout": release_timeout_from_env(),
+            ENV_HANG_TIMEOUT: os.environ.get(ENV_HANG_TIMEOUT),
+            "hang_timeout": hang_timeout_from_env(),
             "problems": environment_problems(),
             "spark_home": str(spark_home) if spark_home else None,
             "java": java_available(),
@@ -273,10 +278,16 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-#: pyspark 3.5 sends a token only over TLS; the project's local servers want it over loopback.
-_TOKEN_ON_3_5 = (
-    "3.5 sends a token only over TLS: remote(url) cannot reach serve's or the fixtures' servers; "
-    "use the fixtures or pyspark_safestop.plugin.connect_session(url)"
+#: Clients that send a token only over TLS; the project's local servers want it over loopback.
+def _watchdog(settings: dict[str, Any]) -> str:
+    hang = settings.get("hang_timeout")
+    return "watchdog off" if hang is None else f"watchdog {hang:g} s"
+
+
+_TOKEN_OVER_TLS_ONLY = (
+    "this client sends a token only over TLS (3.5, Databricks Connect 16.1): remote(url) "
+    "cannot reach serve's or the fixtures' servers; use the fixtures or "
+    "pyspark_safestop.plugin.connect_session(url)"
 )
 
 
@@ -325,12 +336,13 @@ def render(report: dict[str, Any]) -> str:
         ("import", activation["import"]),
         (ENV_ENABLED, f"{settings[ENV_ENABLED]!r} -> {'on' if settings['enabled'] else 'OFF'}"),
         (ENV_RELEASE_TIMEOUT, f"{settings[ENV_RELEASE_TIMEOUT]!r} -> {timeout:g} s"),
+        (ENV_HANG_TIMEOUT, f"{settings.get(ENV_HANG_TIMEOUT)!r} -> {_watchdog(settings)}"),
         ("server jars", settings["spark_home"] or "none found (serve and the fixtures need them)"),
         ("java", _yes(settings["java"])),
     ]
     rows += [("bad setting", problem) for problem in settings.get("problems", [])]
-    if pyspark["layout"] == "3.5":
-        rows.append(("local servers", _TOKEN_ON_3_5))
+    if pyspark.get("token_needs_channel_builder"):
+        rows.append(("local servers", _TOKEN_OVER_TLS_ONLY))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     lines.append("")

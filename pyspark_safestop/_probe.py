@@ -9,6 +9,7 @@ with the interpreter flags of the caller.
 :func:`import_connect` is also what the pytest plugin's report header uses to import the client.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -74,6 +75,13 @@ def main() -> None:
 
     found["status"] = pyspark_safestop.status()
     found["status_was_active"] = bool(found["activated"]) and pyspark_safestop.is_installed()
+    found["token_needs_channel_builder"] = None
+    if found["connect_error"] is None and found["pyspark_imported"]:
+        from pyspark_safestop import _layouts
+
+        # A client not recognised: nothing to say about its tokens.
+        with contextlib.suppress(Exception):
+            found["token_needs_channel_builder"] = _layouts.token_needs_channel_builder()
     print(json.dumps(found, default=str))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from pyspark_safestop._doctor import KNOWN_PROBLEMS, PTH_FILE, START_FILE, _pth_state, decide
+from pyspark_safestop import _layouts
 from pyspark_safestop._layouts import LAYOUTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -107,6 +108,14 @@ def test_doctor_reports_this_line_with_the_shim_off(client_layout: str) -> None:
     assert report["problem"] == KNOWN_PROBLEMS[client_layout]
     assert report["shim"]["active"] == "no"
     assert report["settings"]["enabled"] is False
+    # Whether this client sends a token to a local server by itself (3.5 does not).
+    needs = _layouts.token_needs_channel_builder()
+    assert report["pyspark"]["token_needs_channel_builder"] is needs
+
+
+def test_doctor_tells_the_hang_watchdog_setting() -> None:
+    proc = doctor(PYSPARK_SAFESTOP_HANG_TIMEOUT="30")
+    assert "PYSPARK_SAFESTOP_HANG_TIMEOUT     '30' -> watchdog 30 s" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("args", [["--bogus"], ["--json", "extra"]])
