@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop._doctor import KNOWN_PROBLEMS, PTH_FILE, START_FILE, _pth_state, decide
 from pyspark_safestop import _layouts
+from pyspark_safestop._doctor import KNOWN_PROBLEMS, PTH_FILE, START_FILE, _pth_state, decide
 from pyspark_safestop._layouts import LAYOUTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
