@@ -5,18 +5,15 @@ tests/activation/test_boot_paths.py."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import shutil
-import subprocess
-import sys
 import sysconfig
 import textwrap
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.children import REPO_ROOT, clean_env, last_json, run_python
+
 BOOT_DIR = REPO_ROOT / "boot"
 FILES = ("_pyspark_safestop_boot.py", "pyspark_safestop.pth", "pyspark_safestop.start")
 
@@ -78,21 +75,8 @@ def run(
     script = site.parent / "case.py"
     # A file, not `python -c`: pyspark-client 4.2's dependency check exits under -c.
     script.write_text(PRELUDE + textwrap.dedent(body))
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
-    child_env["PYTHONPATH"] = str(REPO_ROOT)
-    child_env.update(env or {})
     purelib = sysconfig.get_paths()["purelib"]
-    proc = subprocess.run(
-        [sys.executable, "-S", *flags, str(script), str(site), purelib],
-        capture_output=True,
-        text=True,
-        env=child_env,
-        timeout=180,
-        check=False,
+    proc = run_python(
+        "-S", *flags, script, site, purelib, env=clean_env(**(env or {})), timeout=180
     )
-    assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, proc.stdout + proc.stderr
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["stderr"] = proc.stderr
-    return result
+    return last_json(proc)

@@ -9,9 +9,7 @@ installs, the switch on and off, no pyspark at all) are covered in ``tests/activ
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,7 @@ import pytest
 from pyspark_safestop import _layouts
 from pyspark_safestop._doctor import KNOWN_PROBLEMS, PTH_FILE, START_FILE, _pth_state, decide
 from pyspark_safestop._layouts import LAYOUTS
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.children import REPO_ROOT, clean_env, run_python
 
 FACTS: dict[str, Any] = {
     "pyspark_version": "4.1.3",
@@ -86,17 +83,7 @@ def test_a_pth_left_without_its_module_is_named() -> None:
 
 
 def doctor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
-    child_env["PYTHONPATH"] = str(REPO_ROOT)
-    child_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "pyspark_safestop", "doctor", *args],
-        capture_output=True,
-        text=True,
-        env=child_env,
-        timeout=240,
-        check=False,
-    )
+    return run_python("-m", "pyspark_safestop", "doctor", *args, env=clean_env(**env), timeout=240)
 
 
 def test_doctor_reports_this_line_with_the_shim_off(client_layout: str) -> None:
@@ -218,11 +205,7 @@ def fake_pyspark(root: Path, changes: dict[str, str | bytes | None] | None = Non
 
 
 def _fake_env(fake: Path, **env: str) -> dict[str, str]:
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
-    child_env.pop("PYTHONWARNINGS", None)
-    child_env["PYTHONPATH"] = os.pathsep.join([str(fake), str(REPO_ROOT)])
-    child_env.update(env)
-    return child_env
+    return clean_env(pythonpath=[fake, REPO_ROOT], no_warnings=True, **env)
 
 
 STATUS_SCRIPT = """\
@@ -245,27 +228,15 @@ def status_with(fake: Path) -> tuple[dict[str, Any], str]:
     return status() and stderr."""
     path = fake.parent / "status_script.py"
     path.write_text(STATUS_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, "-W", "always", str(path)],
-        capture_output=True,
-        text=True,
-        env=_fake_env(fake),
-        timeout=120,
-        check=False,
-    )
+    proc = run_python("-W", "always", path, env=_fake_env(fake), timeout=120)
     assert proc.returncode == 0, proc.stderr
     found: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
     return found, proc.stderr
 
 
 def doctor_with(fake: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pyspark_safestop", "doctor", "--json"],
-        capture_output=True,
-        text=True,
-        env=_fake_env(fake),
-        timeout=240,
-        check=False,
+    proc = run_python(
+        "-m", "pyspark_safestop", "doctor", "--json", env=_fake_env(fake), timeout=240
     )
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     report: dict[str, Any] = json.loads(proc.stdout)
@@ -278,14 +249,11 @@ def header_with(fake: Path) -> str:
     folder.mkdir()
     (folder / "test_one.py").write_text("def test_one():\n    pass\n")
     (folder / "pytest.ini").write_text("[pytest]\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider"],
-        capture_output=True,
-        text=True,
+    proc = run_python(
+        *("-m", "pytest", "-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider"),
         env=_fake_env(fake, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"),  # the checkout's plugin only
         cwd=folder,
         timeout=120,
-        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("pyspark-safestop ")]
@@ -360,14 +328,7 @@ def test_an_unrecognised_client_with_warnings_as_errors(tmp_path: Path) -> None:
         "status = pyspark_safestop.status()\n"
         "print(json.dumps([status['activated_by'], status['layout_problem']]))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", str(script)],
-        capture_output=True,
-        text=True,
-        env=_fake_env(fake),
-        timeout=120,
-        check=False,
-    )
+    proc = run_python("-W", "error", script, env=_fake_env(fake), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == ["import", "unknown"]
     assert proc.stderr.count("log: ") == 1, proc.stderr

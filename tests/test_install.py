@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.children import clean_env, last_json, run_python
 
 pytest.importorskip("pyspark")
 pytest.importorskip("grpc")
@@ -70,25 +67,7 @@ def run_script(tmp_path: Path, body: str, **env: str) -> dict[str, Any]:
     script = tmp_path / "case.py"
     # A file, not `python -c`: pyspark-client 4.2's dependency check mistakes -c for doctest.
     script.write_text(PRELUDE + textwrap.dedent(body))
-    child_env = dict(os.environ)
-    child_env.pop("PYSPARK_SAFESTOP", None)
-    child_env.pop("PYSPARK_SAFESTOP_RELEASE_TIMEOUT", None)
-    child_env.update(env)
-    child_env["PYTHONPATH"] = str(REPO_ROOT)
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=child_env,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, proc.stdout + proc.stderr
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["stderr"] = proc.stderr
-    return result
+    return last_json(run_python(script, env=clean_env(**env), timeout=120))
 
 
 def assert_patched_once(result: dict[str, Any]) -> None:
@@ -204,17 +183,8 @@ def sequence_results(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str
     """What every sequence left behind, from one driver interpreter."""
     script = tmp_path_factory.mktemp("sequences") / "driver.py"
     script.write_text(DRIVER)
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
-    child_env["PYTHONPATH"] = str(REPO_ROOT)
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        input="".join(json.dumps(seq) + "\n" for seq in SEQUENCES),
-        capture_output=True,
-        text=True,
-        env=child_env,
-        timeout=600,
-        check=False,
-    )
+    sequences = "".join(json.dumps(seq) + "\n" for seq in SEQUENCES)
+    proc = run_python(script, input=sequences, env=clean_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return {tuple(result["sequence"]): result for result in results}

@@ -15,21 +15,11 @@ import psutil
 import pytest
 
 from pyspark_safestop._server import find_spark_home
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.children import clean_env, in_own_session, run_python
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "pyspark_safestop", "serve", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    return run_python("-m", "pyspark_safestop", "serve", *args, env=clean_env(), timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -81,18 +71,9 @@ def test_log_through_a_symlink_is_refused(spark_home: str, tmp_path: Path) -> No
 def test_piped_to_head_and_exited_by_itself_quotes_its_temporary_log(spark_home: str) -> None:
     """``serve | head -1``: the URL reaches head; when the JVM dies on its own, serve says so
     with the end of its log (a temporary log is gone afterwards), without a traceback."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
     command = f"{shlex.quote(sys.executable)} -m pyspark_safestop serve --spark-home "
     command += f"{shlex.quote(spark_home)} | head -1"
-    shell = subprocess.Popen(
-        ["bash", "-o", "pipefail", "-c", command],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    shell = in_own_session(["bash", "-o", "pipefail", "-c", command], env=clean_env())
     try:
         assert shell.stdout is not None
         url = shell.stdout.readline().strip()
@@ -114,14 +95,12 @@ def test_piped_to_head_and_exited_by_itself_quotes_its_temporary_log(spark_home:
 
 @pytest.mark.server
 def test_stdout_closed_before_the_url_stops_without_a_traceback(spark_home: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody will read the URL
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "pyspark_safestop", "serve", "--spark-home", spark_home],
-            env=env,
+            env=clean_env(),
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,

@@ -4,9 +4,7 @@ and neither ever stops an import, the ``.pth`` hook or pytest, warnings as error
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,9 +14,7 @@ import pyspark_safestop
 from pyspark_safestop import _settings
 from pyspark_safestop._settings import MAX_TIMEOUT, validate_timeout
 from tests.bootsite import load_boot
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
+from tests.children import clean_env, run_python
 
 MINUS_HUGE = pytest.param(-(10**400), id="-10**400")
 TOO_LONG = [
@@ -63,10 +59,7 @@ def test_an_integer_too_long_to_print_is_still_a_value_error() -> None:
 
 
 def _clean_env(**env: str) -> dict[str, str]:
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
-    child_env.pop("PYTHONWARNINGS", None)
-    child_env.update(env, PYTHONPATH=str(REPO_ROOT))
-    return child_env
+    return clean_env(no_warnings=True, **env)
 
 
 def _interpreter(
@@ -74,15 +67,7 @@ def _interpreter(
 ) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "case.py"
     script.write_text(code)
-    child_env = _clean_env(**env)
-    return subprocess.run(
-        [sys.executable, *flags, str(script)],
-        capture_output=True,
-        text=True,
-        env=child_env,
-        timeout=60,
-        check=False,
-    )
+    return run_python(*flags, script, env=_clean_env(**env), timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -219,14 +204,12 @@ def _pytest(
 ) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
     (tmp_path / "pytest.ini").write_text(f"[pytest]\n{ini}\n")
-    return subprocess.run(
-        [sys.executable, *flags, "-m", "pytest", *PLUGIN_ONLY, *args],
-        capture_output=True,
-        text=True,
+    return run_python(
+        *flags,
+        *("-m", "pytest", *PLUGIN_ONLY, *args),
         env=_clean_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", **env),
         cwd=tmp_path,
         timeout=120,
-        check=False,
     )
 
 
