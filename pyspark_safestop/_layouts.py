@@ -121,8 +121,9 @@ LAYOUT_4_0 = Layout(
     pool_shutdown="shutdown",
     symptom="stop() hangs forever when a ReleaseExecute or ReleaseSession RPC hangs; "
     + _HANGS_AT_EXIT,
-    # 4.0 made _stub a property that refuses a closed client; the stub itself moved.
-    stubs=("_internal_stub", "_artifact_manager._stub"),
+    # 4.0 made _stub a property that refuses a closed client; the stub itself moved. Databricks
+    # Connect 16.1, built like 4.0 otherwise, keeps it in _stub.
+    stubs=("_internal_stub", "_stub", "_artifact_manager._stub"),
     targets=(_TRACK, _STOP, _CLOSE, _RELEASE),
 )
 LAYOUT_4_1 = replace(LAYOUT_4_0, name="4.1")
@@ -461,6 +462,7 @@ def replace_channel(client: Any, layout: Layout, channel: Any) -> None:
         owner = client
         for parent in parents:
             owner = getattr(owner, parent, None)
-        if owner is not None and hasattr(owner, name):
+        # The object's own attribute only: 4.0's _stub is a read-only property.
+        if owner is not None and name in getattr(owner, "__dict__", {}):
             setattr(owner, name, grpc_lib.SparkConnectServiceStub(channel))
     client._channel = channel
