@@ -128,8 +128,12 @@ def tests(session: nox.Session, line: str) -> None:
 @nox.session(python=UNIT_PYTHONS)
 def unit(session: nox.Session) -> None:
     """The tests that need no server, on a Python that no client line runs on."""
+    spark_home = _spark_home(session)  # some read the jars without starting a server
     _install_dependencies(session, *LINES[UNIT_LINE][1])
-    session.run("pytest", "--ignore=tests/activation", "-m", "not server", *session.posargs)
+    session.run(
+        "pytest", "--ignore=tests/activation", "-m", "not server", *session.posargs,
+        env={"PYSPARK_SAFESTOP_SPARK_HOME": spark_home},
+    )  # fmt: skip
 
 
 @nox.session
