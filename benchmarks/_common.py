@@ -1,5 +1,6 @@
-"""What the evidence benchmarks share: finding the client lines' interpreters, describing the
-machine, running a scenario script with a hard timeout, and formatting durations.
+"""What the evidence benchmarks share: their ``--line`` option, finding the client lines'
+interpreters and the server's jars, describing the machine, running a scenario script with a hard
+timeout, formatting durations and printing tables.
 
 Nothing here imports pyspark: the benchmarks run in one interpreter and drive each client line
 in its own (``--line 4.1=/path/to/python``), so every line is measured against the same server.
@@ -15,7 +16,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ if str(REPO) not in sys.path:
     # scenario runner) is imported from the work tree, not an installed copy.
     sys.path.insert(0, str(REPO))
 
+from pyspark_safestop._server import find_spark_home  # noqa: E402
 from pyspark_safestop.testing.catalogue import WARM_UP, run_case  # noqa: E402
 from pyspark_safestop.testing.runner import Run, child_env, kill_group, run_events  # noqa: E402
 
@@ -34,13 +36,15 @@ __all__ = [
     "REPO",
     "RESULTS",
     "Run",
-    "add_line_arguments",
+    "benchmark_parser",
     "child_env",
     "describe_machine",
     "discover_lines",
     "fmt_seconds",
     "kill_group",
     "machine",
+    "prepare",
+    "print_table",
     "resolve_lines",
     "run_events",
     "warm_up",
@@ -79,8 +83,13 @@ def discover_lines() -> dict[str, str]:
     return dict(sorted(found.items(), key=lambda item: [int(p) for p in item[0].split(".")]))
 
 
-def add_line_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``--line LINE=PYTHON`` option every benchmark takes."""
+def benchmark_parser(description: str, results: str) -> argparse.ArgumentParser:
+    """A benchmark's argument parser, with the options every one takes: ``--line LINE=PYTHON``
+    and ``--json``, by default ``results`` in benchmarks/results/."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--json", type=Path, default=RESULTS / results, help="where to write the results"
+    )
     parser.add_argument(
         "--line",
         action="append",
@@ -89,6 +98,7 @@ def add_line_arguments(parser: argparse.ArgumentParser) -> None:
         help="a client line and the interpreter that has it (repeatable); default: the nox "
         "virtual environments",
     )
+    return parser
 
 
 def resolve_lines(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, str]:
@@ -104,6 +114,35 @@ def resolve_lines(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict
     if not lines:
         parser.error("no client line found: pass --line 4.1=/path/to/python, or run nox first")
     return lines
+
+
+def prepare(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, what: str
+) -> tuple[dict[str, str], Path, dict[str, Any]]:
+    """The client lines to measure, the server's Spark jars and the machine, described on stderr
+    as the one ``what`` runs on; a usage error if there are no lines or no jars."""
+    lines = resolve_lines(parser, args.line)
+    home = find_spark_home()
+    if home is None:
+        parser.error("no Spark jars: set PYSPARK_SAFESTOP_SPARK_HOME to a pyspark 4.3 folder")
+    info = machine()
+    print(f"{what} on {describe_machine(info)}", file=sys.stderr, flush=True)
+    return lines, home, info
+
+
+def print_table(
+    title: str,
+    header: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    info: Mapping[str, Any] | None = None,
+) -> None:
+    """Print a Markdown table under its title; with ``info``, the title ends by naming the
+    machine."""
+    print(f"\n{title}; {describe_machine(info)}\n" if info is not None else f"\n{title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def machine() -> dict[str, Any]:

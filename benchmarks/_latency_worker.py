@@ -3,8 +3,9 @@
     python benchmarks/_latency_worker.py URL QUERIES HANG_TIMEOUT
 
 Two sessions on the same server: one created while the watchdog is off (its RPCs go straight
-to gRPC), one while it is on (they go through the watchdog, which stays on). Their queries alternate (on, off, off, on, ...) so that a
-drift of the machine's speed hits both alike. Prints one JSON object with every latency.
+to gRPC), one while it is on (they go through the watchdog, which stays on). Their queries
+alternate (on, off, off, on, ...) so that a drift of the machine's speed hits both alike.
+Prints one JSON object with every latency.
 """
 
 from __future__ import annotations

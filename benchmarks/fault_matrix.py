@@ -21,7 +21,6 @@ details (every event of every run) go to ``benchmarks/results/fault_matrix.json`
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
 import sys
@@ -31,18 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    RESULTS,
     Run,
-    add_line_arguments,
-    describe_machine,
+    benchmark_parser,
     fmt_seconds,
-    machine,
-    resolve_lines,
+    prepare,
+    print_table,
     warm_up,
     write_json,
 )
 
-from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from pyspark_safestop._server import SparkConnectServer
 from pyspark_safestop.testing.catalogue import CASES, EXIT_BOUND, RELEASE_TIMEOUT, Case, run_case
 
 
@@ -173,8 +170,7 @@ def run_plan(
 
 def main() -> int:
     """Run the matrix, print the table, write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_line_arguments(parser)
+    parser = benchmark_parser(__doc__.splitlines()[0], "fault_matrix.json")
     parser.add_argument(
         "--fault", action="append", default=[], choices=list(CASES), help="only these faults"
     )
@@ -182,17 +178,11 @@ def main() -> int:
         "--mode", choices=("both", "upstream", "shim"), default="both", help="which column(s)"
     )
     parser.add_argument("--jobs", type=int, default=4, help="runs at once (most of them wait)")
-    parser.add_argument("--json", type=Path, default=RESULTS / "fault_matrix.json")
     parser.add_argument("--keep", type=Path, help="keep the runs' stderr and server logs here")
     args = parser.parse_args()
-    lines = resolve_lines(parser, args.line)
-    home = find_spark_home()
-    if home is None:
-        parser.error("no Spark jars: set PYSPARK_SAFESTOP_SPARK_HOME to a pyspark 4.3 folder")
+    lines, home, info = prepare(parser, args, "fault matrix")
     faults = {name: CASES[name] for name in (args.fault or list(CASES))}
     modes = {"both": (False, True), "upstream": (False,), "shim": (True,)}[args.mode]
-    info = machine()
-    print(f"fault matrix on {describe_machine(info)}", file=sys.stderr, flush=True)
 
     tmp = tempfile.TemporaryDirectory(prefix="safestop-faults-")
     workdir = args.keep or Path(tmp.name)
@@ -271,7 +261,7 @@ def main() -> int:
                     "stderr_tail": run.stderr_tail if found else "",
                 }
             results[name]["lines"][line] = row
-    print_table(results, list(lines), modes, info)
+    print_matrix(results, list(lines), modes, info)
     write_json(
         args.json,
         {
@@ -291,19 +281,18 @@ def main() -> int:
     return 1 if failed_shim else 0
 
 
-def print_table(
+def print_matrix(
     results: dict[str, Any], lines: list[str], modes: tuple[bool, ...], info: dict[str, Any]
 ) -> None:
     """The matrix as a Markdown table, then every shim cell outside its bound, explained."""
-    print(f"\nFault matrix, {describe_machine(info)}; server pyspark 4.3\n")
     names = ["upstream" if not shim else "shim" for shim in modes]
     header = ["fault", "bound"] + [f"{line} {name}" for line in lines for name in names]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for result in results.values():
-        cells = [result["title"], result["bound"]]
-        cells += [result["lines"][line][name]["cell"] for line in lines for name in names]
-        print("| " + " | ".join(cells) + " |")
+    rows = [
+        [result["title"], result["bound"]]
+        + [result["lines"][line][name]["cell"] for line in lines for name in names]
+        for result in results.values()
+    ]
+    print_table("Fault matrix, server pyspark 4.3", header, rows, info)
     print(
         "\n✓ within the bound, ✗ outside it; hung = a thread parked where upstream never "
         "returns (seen in its stack), or still running at the hard timeout. Every cell also "

@@ -31,19 +31,17 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    RESULTS,
     Run,
-    add_line_arguments,
-    describe_machine,
+    benchmark_parser,
     fmt_seconds,
-    machine,
-    resolve_lines,
+    prepare,
+    print_table,
     run_events,
     warm_up,
     write_json,
 )
 
-from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from pyspark_safestop._server import SparkConnectServer
 from pyspark_safestop.testing.faults import FaultProxy
 
 WORKER = Path(__file__).resolve().parent / "_growth_worker.py"
@@ -152,15 +150,13 @@ def summarise_saved(entry: dict[str, Any], every: int) -> dict[str, Any]:
 
 def main() -> int:
     """Run every line, print the tables, write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_line_arguments(parser)
+    parser = benchmark_parser(__doc__.splitlines()[0], "resource_growth.json")
     parser.add_argument("--cycles", type=int, default=500)
     parser.add_argument("--every", type=int, default=50, help="sample every N cycles")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument(
         "--mode", choices=("both", "upstream", "shim"), default="both", help="which runs"
     )
-    parser.add_argument("--json", type=Path, default=RESULTS / "resource_growth.json")
     parser.add_argument("--report", type=Path, help="print the tables of a saved run; no run")
     args = parser.parse_args()
     if args.report is not None:
@@ -178,13 +174,8 @@ def main() -> int:
             saved["machine"],
         )
         return 0
-    lines = resolve_lines(parser, args.line)
-    home = find_spark_home()
-    if home is None:
-        parser.error("no Spark jars: set PYSPARK_SAFESTOP_SPARK_HOME to a pyspark 4.3 folder")
+    lines, home, info = prepare(parser, args, "resource growth")
     modes = {"both": (False, True), "upstream": (False,), "shim": (True,)}[args.mode]
-    info = machine()
-    print(f"resource growth on {describe_machine(info)}", file=sys.stderr, flush=True)
     plan = [(line, shim, cond) for line in lines for cond in CONDITIONS for shim in modes]
     runs: dict[tuple[str, bool, str], Run] = {}
     with tempfile.TemporaryDirectory(prefix="safestop-growth-") as tmp:
@@ -249,7 +240,6 @@ def _trio(summary: dict[str, Any], key: str, every: int) -> str:
 
 def print_tables(results: dict[str, Any], args: argparse.Namespace, info: dict[str, Any]) -> None:
     """The summary table, then every sample, both as Markdown."""
-    print(f"\nResource growth, {args.cycles} create/query/stop cycles; {describe_machine(info)}\n")
     header = [
         "line",
         "condition",
@@ -263,28 +253,29 @@ def print_tables(results: dict[str, Any], args: argparse.Namespace, info: dict[s
         "stop p50 / max",
         "verdict",
     ]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    rows: list[list[str]] = []
     for line, conds in results.items():
         for cond, modes in conds.items():
             for mode, s in modes.items():
                 g = s["growth"]
                 growth = f"{g['os_threads']:+g}, {g['fds']:+g}, {g['rss_mb']:+.1f} MB" if g else "-"
                 stops = f"{fmt_seconds(s['stop_median'])} / {fmt_seconds(s['stop_max'])}"
-                row = [
-                    line,
-                    cond,
-                    mode,
-                    str(s["cycles"]),
-                    _trio(s, "threads", args.every),
-                    _trio(s, "os_threads", args.every),
-                    _trio(s, "fds", args.every),
-                    _trio(s, "rss_mb", args.every),
-                    growth,
-                    stops,
-                    s["verdict"],
-                ]
-                print("| " + " | ".join(row) + " |")
+                rows.append(
+                    [
+                        line,
+                        cond,
+                        mode,
+                        str(s["cycles"]),
+                        _trio(s, "threads", args.every),
+                        _trio(s, "os_threads", args.every),
+                        _trio(s, "fds", args.every),
+                        _trio(s, "rss_mb", args.every),
+                        growth,
+                        stops,
+                        s["verdict"],
+                    ]
+                )
+    print_table(f"Resource growth, {args.cycles} create/query/stop cycles", header, rows, info)
     print(
         f"\nColumns show cycle 1 → cycle {args.every} → last cycle. Growth of threads and fds: "
         f"the median sample of the run's second half minus the median of its first half (from "
@@ -301,9 +292,7 @@ def print_tables(results: dict[str, Any], args: argparse.Namespace, info: dict[s
             for s in m["samples"]
         }
     )
-    print("\nEvery sample (OS threads / open fds / RSS MB):\n")
-    print("| line | condition | client | " + " | ".join(str(c) for c in cycles) + " |")
-    print("|" + "---|" * (3 + len(cycles)))
+    samples: list[list[str]] = []
     for line, conds in results.items():
         for cond, modes in conds.items():
             for mode, s in modes.items():
@@ -314,7 +303,9 @@ def print_tables(results: dict[str, Any], args: argparse.Namespace, info: dict[s
                     else ""
                     for c in cycles
                 ]
-                print(f"| {line} | {cond} | {mode} | " + " | ".join(cells) + " |")
+                samples.append([line, cond, mode, *cells])
+    header = ["line", "condition", "client", *map(str, cycles)]
+    print_table("Every sample (OS threads / open fds / RSS MB):", header, samples)
 
 
 if __name__ == "__main__":

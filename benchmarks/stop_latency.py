@@ -21,7 +21,6 @@ healthy stop no slower than upstream; hung ReleaseExecute p99 <= 50 ms; hung Rel
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,9 +28,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from _common import REPO, add_line_arguments, resolve_lines, run_events
+from _common import benchmark_parser, prepare, run_events
 
-from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from pyspark_safestop._server import SparkConnectServer
 from pyspark_safestop.testing.faults import FaultProxy
 
 WORKER = Path(__file__).parent / "_stop_worker.py"
@@ -106,15 +105,10 @@ def ratio(upstream: Measure, shim: Measure) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_line_arguments(parser)
+    parser = benchmark_parser(__doc__.splitlines()[0], "stop_latency.json")
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks/results/stop_latency.json")
     args = parser.parse_args()
-    lines = resolve_lines(parser, args.line)
-    home = find_spark_home()
-    if home is None:
-        parser.error("no Spark jars: set PYSPARK_SAFESTOP_SPARK_HOME to a pyspark 4.3 folder")
+    lines, home, _ = prepare(parser, args, "stop latency")
     results: dict[str, dict[str, dict[str, object]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         server = SparkConnectServer(home, log_path=Path(tmp) / "server.log")

@@ -38,19 +38,17 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    RESULTS,
-    add_line_arguments,
+    benchmark_parser,
     child_env,
-    describe_machine,
     fmt_seconds,
     kill_group,
-    machine,
-    resolve_lines,
+    prepare,
+    print_table,
     warm_up,
     write_json,
 )
 
-from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from pyspark_safestop._server import SparkConnectServer
 from pyspark_safestop.testing.faults import FaultProxy
 
 #: Seconds one test phase (setup, call, teardown) may take before the suite's own timeout
@@ -310,8 +308,7 @@ def every_for(fraction: float) -> int:
 
 def main() -> int:
     """Generate the suite, run the plan, print the table, write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_line_arguments(parser)
+    parser = benchmark_parser(__doc__.splitlines()[0], "suite_shaped.json")
     parser.add_argument("--tests", type=int, default=60, help="tests in the suite")
     parser.add_argument("--per-class", type=int, default=10, help="tests per class (session)")
     parser.add_argument("--seed-size", action="store_true", help="840 tests, the seed's suite size")
@@ -333,20 +330,14 @@ def main() -> int:
     )
     parser.add_argument("--timeout", type=float, help="seconds before a run is called hung")
     parser.add_argument("--jobs", type=int, default=4, help="suite runs at once")
-    parser.add_argument("--json", type=Path, default=RESULTS / "suite_shaped.json")
     parser.add_argument("--keep", type=Path, help="keep the suite, logs and results here")
     args = parser.parse_args()
     if args.seed_size:
         args.tests = 840
     timeout = args.timeout or max(120.0, 60 + args.tests * 0.9)
-    lines = resolve_lines(parser, args.line)
-    home = find_spark_home()
-    if home is None:
-        parser.error("no Spark jars: set PYSPARK_SAFESTOP_SPARK_HOME to a pyspark 4.3 folder")
+    lines, home, info = prepare(parser, args, "suite-shaped benchmark")
     fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
     modes = {"both": (False, True), "upstream": (False,), "shim": (True,)}[args.mode]
-    info = machine()
-    print(f"suite-shaped benchmark on {describe_machine(info)}", file=sys.stderr, flush=True)
 
     tmp = tempfile.TemporaryDirectory(prefix="safestop-suite-")
     work = args.keep or Path(tmp.name)
@@ -426,7 +417,7 @@ def main() -> int:
     finally:
         server.stop()
 
-    print_table(results, plan, info=info, args=args, total=total, timeout=timeout)
+    print_runs(results, plan, info=info, args=args, total=total, timeout=timeout)
     write_json(
         args.json,
         {
@@ -458,7 +449,7 @@ def main() -> int:
     return 1 if bad else 0
 
 
-def print_table(
+def print_runs(
     results: dict[tuple[str, bool, float, str], list[SuiteRun]],
     plan: list[tuple[str, bool, float, str]],
     *,
@@ -469,10 +460,10 @@ def print_table(
 ) -> None:
     """The runs as a Markdown table."""
     style = "stop() in a daemon thread, 5 s join" if args.stop == "seed" else "plain stop()"
-    print(
-        f"\nSuite-shaped run: {total} tests in {-(-total // args.per_class)} classes "
+    title = (
+        f"Suite-shaped run: {total} tests in {-(-total // args.per_class)} classes "
         f"(class-scoped sessions, {style}), per-test timeout {TEST_TIMEOUT:g} s, run bound "
-        f"{timeout:.0f} s; {describe_machine(info)}\n"
+        f"{timeout:.0f} s"
     )
     header = [
         "line",
@@ -485,26 +476,27 @@ def print_table(
         "hung",
         "first failure at",
     ]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    rows: list[list[str]] = []
     for key in plan:
         line, shim, fraction, variant = key
         for index, run in enumerate(results[key]):
             name = variant if len(results[key]) == 1 else f"{variant} (#{index + 1})"
             hung_calls = f"{fraction:.0%} ({run.hung_calls} of {run.faulted_method_calls} calls)"
             first = f"{run.failure_times[0]:.0f} s" if run.failure_times else "-"
-            row = [
-                line,
-                "shim" if shim else "upstream",
-                hung_calls,
-                name,
-                f"{run.passed}/{run.total}",
-                str(run.failed),
-                f"> {timeout:.0f} s (killed)" if run.hung else fmt_seconds(run.wall),
-                "yes" if run.hung else "no",
-                first,
-            ]
-            print("| " + " | ".join(row) + " |")
+            rows.append(
+                [
+                    line,
+                    "shim" if shim else "upstream",
+                    hung_calls,
+                    name,
+                    f"{run.passed}/{run.total}",
+                    str(run.failed),
+                    f"> {timeout:.0f} s (killed)" if run.hung else fmt_seconds(run.wall),
+                    "yes" if run.hung else "no",
+                    first,
+                ]
+            )
+    print_table(title, header, rows, info)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -24,19 +23,17 @@ import tempfile
 from pathlib import Path
 
 from _common import (
-    RESULTS,
-    add_line_arguments,
+    benchmark_parser,
     child_env,
-    describe_machine,
     fmt_seconds,
-    machine,
-    resolve_lines,
+    prepare,
+    print_table,
     warm_up,
     write_json,
 )
 from suite_shaped import TEST_TIMEOUT, generate, pyspark_folder, run_suite
 
-from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from pyspark_safestop._server import SparkConnectServer
 
 LATENCY_WORKER = Path(__file__).with_name("_latency_worker.py")
 TARGET = 1.02
@@ -44,23 +41,16 @@ TARGET = 1.02
 
 def main() -> int:
     """Run both parts on every line; print the tables; write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_line_arguments(parser)
+    parser = benchmark_parser(__doc__.splitlines()[0], "watchdog.json")
     parser.add_argument("--tests", type=int, default=300, help="tests in the suite")
     parser.add_argument("--per-class", type=int, default=10, help="tests per class (session)")
     parser.add_argument("--fraction", type=float, default=0.01, help="ExecutePlan calls hung")
     parser.add_argument("--hang-timeout", type=float, default=5.0, help="the watchdog's seconds")
     parser.add_argument("--queries", type=int, default=300, help="queries per latency sample")
-    parser.add_argument("--json", type=Path, default=RESULTS / "watchdog.json")
     args = parser.parse_args()
-    lines = resolve_lines(parser, args.line)
-    home = find_spark_home()
-    if home is None:
-        parser.error("no Spark jars: set PYSPARK_SAFESTOP_SPARK_HOME to a pyspark 4.3 folder")
+    lines, home, info = prepare(parser, args, "watchdog benchmark")
     every = max(1, round(1 / args.fraction))
     timeout = max(120.0, 60 + args.tests * 0.9)
-    info = machine()
-    print(f"watchdog benchmark on {describe_machine(info)}", file=sys.stderr, flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="safestop-watchdog-"))
     suite = work / "suite"
@@ -114,13 +104,11 @@ def main() -> int:
     finally:
         server.stop()
 
-    print(
-        f"\nA suite of {total} tests ({args.per_class} a class, one session each), every "
-        f"{every}th ExecutePlan call hung, per-test timeout {TEST_TIMEOUT:g} s; "
-        f"{describe_machine(info)}\n"
+    title = (
+        f"A suite of {total} tests ({args.per_class} a class, one session each), every "
+        f"{every}th ExecutePlan call hung, per-test timeout {TEST_TIMEOUT:g} s"
     )
-    print("| line | run | hung calls | tests passed | failed | wall time | expected |")
-    print("|---|---|---|---|---|---|---|")
+    rows: list[list[str]] = []
     for row in suites:
         healthy = next(r for r in suites if r["line"] == row["line"] and r["run"] == "healthy")
         expected = (
@@ -129,21 +117,20 @@ def main() -> int:
             else "-"
         )
         wall = f"> {timeout:.0f} s (killed)" if row["hung"] else fmt_seconds(float(row["wall"]))
-        print(
-            f"| {row['line']} | {row['run']} | {row['hung_calls']} | {row['passed']}/{total} | "
-            f"{row['failed']} | {wall} | {expected} |"
-        )
-    print(f"\nHealthy query latency (median of {args.queries}), watchdog on against off:\n")
-    print("| line | off | on | ratio |")
-    print("|---|---|---|---|")
-    worst = 0.0
-    for line, medians in latencies.items():
-        ratio = medians["on"] / medians["off"]
-        worst = max(worst, ratio)
-        print(
-            f"| {line} | {medians['off'] * 1000:.2f} ms | {medians['on'] * 1000:.2f} ms | "
-            f"{ratio:.3f} |"
-        )
+        cells = [row["line"], row["run"], row["hung_calls"], f"{row['passed']}/{total}"]
+        rows.append([*map(str, cells), str(row["failed"]), wall, expected])
+    header = ["line", "run", "hung calls", "tests passed", "failed", "wall time", "expected"]
+    print_table(title, header, rows, info)
+    ratios = {line: medians["on"] / medians["off"] for line, medians in latencies.items()}
+    worst = max([0.0, *ratios.values()])
+    print_table(
+        f"Healthy query latency (median of {args.queries}), watchdog on against off:",
+        ["line", "off", "on", "ratio"],
+        [
+            [line, *(f"{medians[k] * 1000:.2f} ms" for k in ("off", "on")), f"{ratios[line]:.3f}"]
+            for line, medians in latencies.items()
+        ],
+    )
     print(f"\ntarget: ratio ≤ {TARGET}; worst {worst:.3f}")
     write_json(args.json, {"machine": info, "suite": suites, "latency": latencies})
     return 0
