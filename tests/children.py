@@ -20,6 +20,9 @@ import psutil
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The plugin from the checkout, whether or not the package is installed too, and no cache in the
+# inner run's folder.
+PLUGIN_ONLY = ("-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider")
 
 
 def clean_env(
@@ -39,22 +42,18 @@ def clean_env(
 
 
 def run_python(
-    *args: str | Path,
-    env: dict[str, str],
-    timeout: float,
-    cwd: Path | None = None,
-    input: str | None = None,
+    *args: str | Path, env: dict[str, str], timeout: float, **options: Any
 ) -> subprocess.CompletedProcess[str]:
-    """``python *args`` with this interpreter, its output captured as text."""
+    """``python *args`` with this interpreter, its output captured as text; ``options`` (``cwd``,
+    ``input``) go to :func:`subprocess.run`."""
     return subprocess.run(
         [sys.executable, *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
-        cwd=cwd,
-        input=input,
         timeout=timeout,
         check=False,
+        **options,
     )
 
 
@@ -124,4 +123,4 @@ def gone(pid: int, within: float) -> bool:
 
 def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """An inner pytest run (pytester) with the checkout's plugin and no cache."""
-    return pytester.runpytest("-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider", *args)
+    return pytester.runpytest(*PLUGIN_ONLY, *args)

@@ -12,11 +12,14 @@ missing jars fail the tests that need the server instead of skipping them; the p
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pyspark_safestop import _layouts
+import pyspark_safestop
+from pyspark_safestop import _engines, _layouts
+from pyspark_safestop.plugin import ENV_REQUIRE_SERVER
 from tests.bootsite import make_site_dir
 from tests.foreign_user import foreign_user
 
@@ -48,3 +51,15 @@ def client_layout() -> str:
 def site_dir(tmp_path: Path) -> Path:
     """A folder holding a copy of the wheel's start-up files (see tests/bootsite.py)."""
     return make_site_dir(tmp_path)
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.Pytester]:
+    """An inner pytest run with the plugin, on the default engine and with no server required
+    whatever this run's environment says; the release timeout restored afterwards."""
+    monkeypatch.delenv(ENV_REQUIRE_SERVER, raising=False)
+    monkeypatch.delenv(_engines.ENV_ENGINE, raising=False)
+    timeout = pyspark_safestop.status()["settings"]["release_timeout"]
+    yield pytester
+    if pyspark_safestop.is_installed():
+        pyspark_safestop.install(release_timeout=timeout)

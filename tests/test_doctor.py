@@ -18,7 +18,7 @@ import pytest
 from pyspark_safestop import _layouts
 from pyspark_safestop._doctor import KNOWN_PROBLEMS, PTH_FILE, START_FILE, _pth_state, decide
 from pyspark_safestop._layouts import LAYOUTS
-from tests.children import REPO_ROOT, clean_env, run_python
+from tests.children import PLUGIN_ONLY, REPO_ROOT, clean_env, run_python
 
 FACTS: dict[str, Any] = {
     "pyspark_version": "4.1.3",
@@ -250,7 +250,7 @@ def header_with(fake: Path) -> str:
     (folder / "test_one.py").write_text("def test_one():\n    pass\n")
     (folder / "pytest.ini").write_text("[pytest]\n")
     proc = run_python(
-        *("-m", "pytest", "-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider"),
+        *("-m", "pytest", *PLUGIN_ONLY),
         env=_fake_env(fake, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"),  # the checkout's plugin only
         cwd=folder,
         timeout=120,

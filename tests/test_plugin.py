@@ -8,16 +8,15 @@ without the ``.pth`` are covered in ``tests/activation``, in fresh environments.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-import pyspark_safestop
 from pyspark_safestop import _layouts, plugin
 from pyspark_safestop._server import SparkConnectServer
 from pyspark_safestop._settings import SafestopWarning
-from pyspark_safestop.plugin import ENV_REQUIRE_SERVER, connect_session
+from pyspark_safestop.plugin import connect_session
+from tests.children import run_inner
 
 pytestmark = pytest.mark.server
 
@@ -84,23 +83,9 @@ def test_local_server(spark_connect_server):
 """
 
 
-@pytest.fixture
-def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.Pytester]:
-    """An inner pytest run with the plugin; the release timeout restored afterwards."""
-    monkeypatch.delenv(ENV_REQUIRE_SERVER, raising=False)
-    timeout = pyspark_safestop.status()["settings"]["release_timeout"]
-    yield pytester
-    if pyspark_safestop.is_installed():
-        pyspark_safestop.install(release_timeout=timeout)
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider", *args)
-
-
 def test_header_names_the_shim_line_and_layout(inner: pytest.Pytester, client_layout: str) -> None:
     inner.makepyfile("def test_nothing(): pass")
-    result = run(inner, "--safestop-release-timeout", "2.5")
+    result = run_inner(inner, "--safestop-release-timeout", "2.5")
     header = f"pyspark-safestop *: active (activated by *); pyspark *, layout {client_layout};"
     result.stdout.fnmatch_lines([f"{header} release timeout 2.5 s*"])
     assert result.ret == pytest.ExitCode.OK
@@ -110,7 +95,7 @@ def test_remote_option_uses_the_url_and_starts_no_server(
     inner: pytest.Pytester, spark_connect_url: str
 ) -> None:
     inner.makepyfile(USES_REMOTE.format(url=spark_connect_url))
-    result = run(inner, "--safestop-remote", spark_connect_url, "-rs")
+    result = run_inner(inner, "--safestop-remote", spark_connect_url, "-rs")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines([f"*fixtures use {spark_connect_url}*"])
 
@@ -118,7 +103,7 @@ def test_remote_option_uses_the_url_and_starts_no_server(
 def test_remote_ini_key_and_require_server(inner: pytest.Pytester, spark_connect_url: str) -> None:
     inner.makeini(f"[pytest]\nsafestop_remote = {spark_connect_url}\n")
     inner.makepyfile(USES_REMOTE.format(url=spark_connect_url))
-    result = run(inner, "--safestop-require-server")
+    result = run_inner(inner, "--safestop-require-server")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*a local Spark Connect server is required here, but*"])
 
@@ -140,13 +125,13 @@ def test_bad_options_are_usage_errors(
     inner: pytest.Pytester, args: list[str], message: str
 ) -> None:
     inner.makepyfile("def test_nothing(): pass")
-    result = run(inner, *args)
+    result = run_inner(inner, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 
 
 def test_a_server_conf_moving_a_bind_is_refused(inner: pytest.Pytester) -> None:
     inner.makepyfile("def test_server(spark_connect_server): pass")
-    result = run(inner, "--safestop-server-conf", "spark.driver.bindAddress=0.0.0.0")
+    result = run_inner(inner, "--safestop-server-conf", "spark.driver.bindAddress=0.0.0.0")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*bindAddress='0.0.0.0': the server binds 127.0.0.1 only*"])

@@ -10,20 +10,17 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-import pyspark_safestop
 from pyspark_safestop import _engines
 from pyspark_safestop._sail import NO_AUTH_NOTICE, find_sail
 from pyspark_safestop._settings import SafestopWarning
-from pyspark_safestop.plugin import ENV_REQUIRE_SERVER
+from tests.children import clean_env, in_own_session, run_inner
 
 pytestmark = pytest.mark.server
 
@@ -37,24 +34,11 @@ def sail_installed() -> None:
 
 
 @pytest.fixture
-def inner(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, client_layout: str
-) -> Iterator[pytest.Pytester]:
-    """An inner pytest run with the plugin; the release timeout restored afterwards.
-
-    The client is imported here first (``client_layout``): pytester unloads what an inner run
-    imported, and numpy cannot be loaded twice in one process.
-    """
-    monkeypatch.delenv(ENV_REQUIRE_SERVER, raising=False)
-    monkeypatch.delenv(_engines.ENV_ENGINE, raising=False)
-    timeout = pyspark_safestop.status()["settings"]["release_timeout"]
-    yield pytester
-    if pyspark_safestop.is_installed():
-        pyspark_safestop.install(release_timeout=timeout)
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider", *args)
+def inner(inner: pytest.Pytester, client_layout: str) -> pytest.Pytester:
+    """The inner run of tests/conftest.py, the client imported first (``client_layout``):
+    pytester unloads what an inner run imported, and numpy cannot be loaded twice in one
+    process."""
+    return inner
 
 
 ON_SAIL = """
@@ -69,7 +53,7 @@ def test_fixtures_on_sail_and_the_header_says_anyone_local_can_connect(
     inner: pytest.Pytester,
 ) -> None:
     inner.makepyfile(ON_SAIL)
-    result = run(inner, "--safestop-engine", "sail")
+    result = run_inner(inner, "--safestop-engine", "sail")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [f"pyspark-safestop: fixtures use a local Sail server ({NO_AUTH_NOTICE})*"]
@@ -81,15 +65,15 @@ def test_the_ini_key_and_the_environment_choose_sail(
 ) -> None:
     inner.makepyfile(ON_SAIL)
     inner.makeini("[pytest]\nsafestop_engine = sail\n")
-    run(inner).assert_outcomes(passed=1)
+    run_inner(inner).assert_outcomes(passed=1)
     inner.makeini("[pytest]\n")
     monkeypatch.setenv(_engines.ENV_ENGINE, "sail")
-    run(inner).assert_outcomes(passed=1)
+    run_inner(inner).assert_outcomes(passed=1)
 
 
 def test_a_spark_header_says_owner_only(inner: pytest.Pytester) -> None:
     inner.makepyfile("def test_nothing(): pass")
-    result = run(inner, "--safestop-engine", "spark")
+    result = run_inner(inner, "--safestop-engine", "spark")
     result.stdout.fnmatch_lines(["*fixtures use a local Spark Connect server (owner only*"])
 
 
@@ -105,7 +89,7 @@ def test_an_unknown_engine_is_a_usage_error(
 ) -> None:
     inner.makepyfile("def test_nothing(): pass")
     inner.makeini(f"[pytest]\n{ini}\n")
-    result = run(inner, *args)
+    result = run_inner(inner, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 
@@ -128,10 +112,10 @@ def test_a_missing_sail_skips_or_fails_with_its_reason(
 ) -> None:
     monkeypatch.setenv("PYSPARK_SAFESTOP_SAIL", "/nonexistent/sail")
     inner.makepyfile("def test_server(spark_connect_server): pass")
-    result = run(inner, "--safestop-engine", "sail", "-rs")
+    result = run_inner(inner, "--safestop-engine", "sail", "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*'/nonexistent/sail' is not an executable sail*"])
-    result = run(inner, "--safestop-engine", "sail", "--safestop-require-server")
+    result = run_inner(inner, "--safestop-engine", "sail", "--safestop-require-server")
     result.assert_outcomes(errors=1)
 
 
@@ -161,23 +145,17 @@ def test_the_factory_starts_either_engine_and_stops_both_at_the_end(
     inner: pytest.Pytester,
 ) -> None:
     inner.makepyfile(DIFFERENTIAL)
-    run(inner).assert_outcomes(passed=1)
+    run_inner(inner).assert_outcomes(passed=1)
     pids = [int(pid) for pid in (inner.path / "pids").read_text().split()]
     assert [pid for pid in pids if psutil.pid_exists(pid)] == []
 
 
 def test_serve_sail_prints_its_url_says_who_can_connect_and_stops_on_sigterm() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
+    env = clean_env()
     if "PYSPARK_SAFESTOP_SAIL" in os.environ:  # the sail of these tests, where it is not beside
         env["PYSPARK_SAFESTOP_SAIL"] = os.environ["PYSPARK_SAFESTOP_SAIL"]
-    env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyspark_safestop", "serve", "--engine", "sail"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    proc = in_own_session(
+        [sys.executable, "-m", "pyspark_safestop", "serve", "--engine", "sail"], env=env
     )
     try:
         assert proc.stdout is not None

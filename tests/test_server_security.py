@@ -35,6 +35,8 @@ from pyspark_safestop._server import (
     find_spark_home,
     open_private_log,
 )
+from tests import children
+from tests.children import PLUGIN_ONLY, in_own_session, own_group, process_tree
 from tests.foreign_user import ForeignUser
 
 pytestmark = pytest.mark.server
@@ -72,24 +74,8 @@ def transform_touching(path: Path) -> str:
     return f"SELECT TRANSFORM(1) USING 'touch {path}' AS (o)"
 
 
-def process_tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
 def gone(pid: int, within: float = GONE_WITHIN) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
+    return children.gone(pid, within)
 
 
 def is_loopback(address: str) -> bool:
@@ -300,14 +286,8 @@ def _env() -> dict[str, str]:
 @pytest.mark.parametrize("engine", ["spark", "sail"])
 def test_sigkill_of_serve_leaves_no_server(engine: str) -> None:
     require_engine(engine)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyspark_safestop", "serve", "--engine", engine],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    serve = [sys.executable, "-m", "pyspark_safestop", "serve", "--engine", engine]
+    proc = in_own_session(serve, env=_env())
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
@@ -351,15 +331,7 @@ def holding_run(tmp_path: Path) -> tuple[Path, list[str], dict[str, str]]:
     (suite / "test_hold.py").write_text(textwrap.dedent(HOLDING_SUITE))
     env = _env()
     env["HOLD_FILE"] = str(tmp_path / "hold.json")
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "pyspark_safestop.plugin",
-        "-p",
-        "no:cacheprovider",
-    ]
+    argv = [sys.executable, "-m", "pytest", *PLUGIN_ONLY]
     return suite, argv, env
 
 
@@ -375,15 +347,7 @@ def test_sigkill_of_a_pytest_process_holding_the_fixture_leaves_no_server(
     hold = Path(env["HOLD_FILE"])
     extra = ["--safestop-engine", engine]
     extra += ["-n", "1"] if who == "xdist-worker" else []
-    proc = subprocess.Popen(
-        [*argv, *extra, str(suite)],
-        cwd=suite,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    with own_group([*argv, *extra, str(suite)], cwd=suite, env=env) as proc:
         deadline = time.monotonic() + HANG
         while not hold.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -394,10 +358,6 @@ def test_sigkill_of_a_pytest_process_holding_the_fixture_leaves_no_server(
         assert psutil.Process(held["server"]).name() == SERVER_PROCESS[engine]
         owner.kill()
         assert gone(held["server"]), f"server {held['server']} outlived its SIGKILLed {who}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 FORKING_OWNER = """

@@ -14,7 +14,7 @@ import pyspark_safestop
 from pyspark_safestop import _settings
 from pyspark_safestop._settings import MAX_TIMEOUT, validate_timeout
 from tests.bootsite import load_boot
-from tests.children import clean_env, run_python
+from tests.children import PLUGIN_ONLY, clean_env, run_python
 
 MINUS_HUGE = pytest.param(-(10**400), id="-10**400")
 TOO_LONG = [
@@ -194,11 +194,6 @@ def test_warnings_as_errors_and_a_bad_value_keep_the_shim(
     assert proc.stderr.count(f"log: {name}={value!r}") == 1, proc.stderr
 
 
-# The plugin from the checkout, whether or not the package is installed too (no plugin is
-# loaded from entry points), and no cache in the temporary folder.
-PLUGIN_ONLY = ("-p", "pyspark_safestop.plugin", "-p", "no:cacheprovider")
-
-
 def _pytest(
     tmp_path: Path, *args: str, flags: tuple[str, ...] = (), ini: str = "", **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -207,7 +202,7 @@ def _pytest(
     return run_python(
         *flags,
         *("-m", "pytest", *PLUGIN_ONLY, *args),
-        env=_clean_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", **env),
+        env=_clean_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", **env),  # no plugin from entry points
         cwd=tmp_path,
         timeout=120,
     )

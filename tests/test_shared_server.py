@@ -6,7 +6,6 @@ along.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -20,6 +19,8 @@ import psutil
 import pytest
 
 from pyspark_safestop._sail import find_sail
+from tests import children
+from tests.children import PLUGIN_ONLY, own_group, run_python
 
 pytestmark = pytest.mark.server
 
@@ -85,20 +86,34 @@ def test_hold(spark_connect_server):
 """
 
 
-def gone(pid: int, within: float = GONE_WITHIN) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def records(folder: Path, what: str) -> list[dict[str, object]]:
     return [json.loads(path.read_text()) for path in sorted(folder.glob(f"{what}-*.json"))]
+
+
+def gone(pid: int, within: float = GONE_WITHIN) -> bool:
+    return children.gone(pid, within)
+
+
+def server_of(record: dict[str, object]) -> int:
+    server = record["server"]
+    assert isinstance(server, int)
+    return server
+
+
+def assert_gone_with_the_run(record: dict[str, object]) -> None:
+    """The recorded server is gone once the run has ended."""
+    server = server_of(record)
+    assert gone(server, within=1.0), f"server {server} outlived the run"
+
+
+def wait_holding(out: Path, proc: subprocess.Popen[str]) -> int:
+    """The server of the inner run's holding test, once it has one."""
+    deadline = time.monotonic() + HANG
+    while not records(out, "holding") and proc.poll() is None:
+        assert time.monotonic() < deadline, "the inner run never got its server"
+        time.sleep(0.2)
+    (held,) = records(out, "holding")
+    return server_of(held)
 
 
 @pytest.fixture
@@ -115,20 +130,9 @@ def suite(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     return folder, out, env
 
 
-def pytest_argv(*args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "pyspark_safestop.plugin",
-        "-p",
-        "no:cacheprovider",
-        "-n",
-        "2",
-        "--safestop-shared-server",
-        *args,
-    ]
+def pytest_args(*args: str) -> list[str]:
+    """The arguments to Python for an inner ``pytest -n 2`` run on one shared server."""
+    return ["-m", "pytest", *PLUGIN_ONLY, "-n", "2", "--safestop-shared-server", *args]
 
 
 @pytest.mark.parametrize("engine", ["spark", "sail"])
@@ -138,14 +142,11 @@ def test_one_server_for_the_run_every_worker_on_it_none_left(
     if engine == "sail" and find_sail() is None:
         pytest.skip("no sail executable")
     folder, out, env = suite
-    run = subprocess.run(
-        pytest_argv("--safestop-engine", engine, "test_recording.py"),
+    run = run_python(
+        *pytest_args("--safestop-engine", engine, "test_recording.py"),
         cwd=folder,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=HANG,
-        check=False,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "one for the whole run" in run.stdout
@@ -155,9 +156,7 @@ def test_one_server_for_the_run_every_worker_on_it_none_left(
     servers = {r["server"] for r in ran}
     assert len(servers) == 1, f"more than one server for the run: {servers}"
     assert len({r["url"] for r in ran}) == 1
-    (server,) = servers
-    assert isinstance(server, int)
-    assert gone(server, within=1.0), f"server {server} outlived the run"
+    assert_gone_with_the_run(ran[0])
 
 
 def test_a_worker_sigkilled_leaves_the_server_to_the_others_and_the_run_ends_it(
@@ -165,23 +164,13 @@ def test_a_worker_sigkilled_leaves_the_server_to_the_others_and_the_run_ends_it(
 ) -> None:
     folder, out, env = suite
     (folder / "test_crashing.py").write_text(textwrap.dedent(CRASHING))
-    run = subprocess.run(
-        pytest_argv("test_crashing.py"),
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=HANG,
-        check=False,
-    )
+    run = run_python(*pytest_args("test_crashing.py"), cwd=folder, env=env, timeout=HANG)
     assert "1 failed, 1 passed" in run.stdout, run.stdout[-4000:]
     (crashed,) = records(out, "crashed")
     (survived,) = records(out, "survived")
     assert crashed["server"] == survived["server"]
     assert crashed["url"] == survived["url"]
-    server = survived["server"]
-    assert isinstance(server, int)
-    assert gone(server, within=1.0), f"server {server} outlived the run"
+    assert_gone_with_the_run(survived)
 
 
 def test_the_main_process_sigkilled_takes_the_server_along(
@@ -189,58 +178,24 @@ def test_the_main_process_sigkilled_takes_the_server_along(
 ) -> None:
     folder, out, env = suite
     (folder / "test_holding.py").write_text(textwrap.dedent(HOLDING))
-    proc = subprocess.Popen(
-        pytest_argv("test_holding.py"),
-        cwd=folder,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + HANG
-        while not records(out, "holding") and proc.poll() is None:
-            assert time.monotonic() < deadline, "the inner run never got its server"
-            time.sleep(0.2)
-        (held,) = records(out, "holding")
-        server = held["server"]
-        assert isinstance(server, int)
+    with own_group([sys.executable, *pytest_args("test_holding.py")], cwd=folder, env=env) as proc:
+        server = wait_holding(out, proc)
         assert psutil.Process(server).name() == "java"
         # The server is the main process's (through its launcher), not the worker's.
         ancestors = [p.pid for p in psutil.Process(server).parents()]
         assert proc.pid in ancestors, ancestors
         proc.kill()
+        # The workers, orphaned, are in the run's process group: own_group ends them with it.
         assert gone(server), f"server {server} outlived the SIGKILLed main process"
-    finally:
-        # The workers, orphaned, are in the run's process group: ended with it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def test_an_interrupted_run_stops_the_server(suite: tuple[Path, Path, dict[str, str]]) -> None:
     folder, out, env = suite
     (folder / "test_holding.py").write_text(textwrap.dedent(HOLDING))
-    proc = subprocess.Popen(
-        pytest_argv("--safestop-engine", "sail" if find_sail() else "spark", "test_holding.py"),
-        cwd=folder,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + HANG
-        while not records(out, "holding") and proc.poll() is None:
-            assert time.monotonic() < deadline, "the inner run never got its server"
-            time.sleep(0.2)
-        (held,) = records(out, "holding")
-        server = held["server"]
-        assert isinstance(server, int)
+    engine = "sail" if find_sail() else "spark"
+    argv = [sys.executable, *pytest_args("--safestop-engine", engine, "test_holding.py")]
+    with own_group(argv, cwd=folder, env=env) as proc:
+        server = wait_holding(out, proc)
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the run ends in order
         proc.wait(timeout=120)
         assert gone(server, within=1.0), f"server {server} outlived the interrupted run"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()

@@ -22,13 +22,13 @@ import pytest
 import pyspark_safestop
 from pyspark_safestop import RpcHangError
 from pyspark_safestop._watchdog import RpcHang
+from tests.children import REPO_ROOT, clean_env, own_group, run_python
 
 pytest.importorskip("grpc")
 from pyspark_safestop.testing.faults import FaultProxy
 
 pytestmark = pytest.mark.server
 
-REPO = Path(__file__).resolve().parent.parent
 MARKER = "SAFESTOP_MARKER"
 #: The watchdog's timeout in these runs, in seconds.
 HANG = 3.0
@@ -60,11 +60,11 @@ def proxy(spark_connect_url: str) -> Iterator[FaultProxy]:
 
 
 def _suite_command(tmp_path: Path, url: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The arguments to Python for the inner pytest run of the suite, and its environment."""
     (tmp_path / "test_suite.py").write_text(SUITE)
     installed = any(ep.name == "pyspark_safestop" for ep in metadata.entry_points(group="pytest11"))
     plugin = [] if installed else ["-p", "pyspark_safestop.plugin"]
     command = [
-        sys.executable,
         "-m",
         "pytest",
         *plugin,
@@ -75,37 +75,20 @@ def _suite_command(tmp_path: Path, url: str, *args: str) -> tuple[list[str], dic
         str(tmp_path / "test_suite.py"),
         *args,
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env = clean_env(pythonpath=[REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
     return command, env
 
 
 def _run_suite(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
     command, env = _suite_command(tmp_path, url, *args)
-    return subprocess.run(
-        command,
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
+    return run_python(*command, cwd=tmp_path, env=env, timeout=RUN_TIMEOUT)
 
 
 def test_without_the_watchdog_the_held_query_hangs_the_run(
     tmp_path: Path, proxy: FaultProxy
 ) -> None:
     command, env = _suite_command(tmp_path, proxy.url, "--safestop-hang-timeout=0")
-    child = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    with own_group([sys.executable, *command], cwd=tmp_path, env=env) as child:
         held = proxy.wait_hung("ExecutePlan", 1, timeout=RUN_TIMEOUT)
         assert held, "the marked query never reached the proxy"
         # The call is held and nothing bounds it: well past the watchdog's timeout the run
@@ -113,9 +96,6 @@ def test_without_the_watchdog_the_held_query_hangs_the_run(
         time.sleep(HANG * 3)
         assert child.poll() is None, "the run ended although its query was held"
         assert proxy.hung_now("ExecutePlan") == 1
-    finally:
-        os.killpg(child.pid, 9)
-        child.wait()
 
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
@@ -181,10 +161,7 @@ def test_bad_environment_value_warns_once_and_leaves_the_watchdog_off(tmp_path: 
         "said = [str(w.message) for w in caught if 'HANG_TIMEOUT' in str(w.message)]\n"
         "print(len(said), pyspark_safestop.status()['settings']['hang_timeout'])\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_SAFESTOP")}
-    env.update(PYTHONPATH=str(REPO), PYSPARK_SAFESTOP_HANG_TIMEOUT="soon")
-    result = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, check=False
-    )
+    env = clean_env(PYSPARK_SAFESTOP_HANG_TIMEOUT="soon")
+    result = run_python(script, env=env, timeout=RUN_TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "None"]
