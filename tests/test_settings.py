@@ -219,7 +219,8 @@ def test_pytest_with_warnings_as_errors_and_a_bad_value_runs_the_tests(
         proc = _pytest(tmp_path, ini="filterwarnings = error", **{name: value})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
-    (header,) = [line for line in proc.stdout.splitlines() if "pyspark-safestop" in line]
+    # The shim's line (the next one says which server the fixtures use).
+    (header,) = [line for line in proc.stdout.splitlines() if "release timeout" in line]
     assert ": active (activated by " in header
     assert f"bad setting: {name}={value!r}" in header
 
