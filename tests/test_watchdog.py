@@ -62,7 +62,12 @@ def proxy(spark_connect_url: str) -> Iterator[FaultProxy]:
 def _suite_command(tmp_path: Path, url: str, *args: str) -> tuple[list[str], dict[str, str]]:
     """The arguments to Python for the inner pytest run of the suite, and its environment."""
     (tmp_path / "test_suite.py").write_text(SUITE)
-    installed = any(ep.name == "pyspark_safestop" for ep in metadata.entry_points(group="pytest11"))
+    points = metadata.entry_points()
+    # Python 3.9's entry_points() takes no group: it returns a dict of groups.
+    group = (
+        points.select(group="pytest11") if hasattr(points, "select") else points.get("pytest11", [])
+    )
+    installed = any(ep.name == "pyspark_safestop" for ep in group)
     plugin = [] if installed else ["-p", "pyspark_safestop.plugin"]
     command = [
         "-m",
