@@ -40,6 +40,8 @@ LINES: dict[str, tuple[str | None, list[str]]] = {
     "4.0-py3.9": ("3.9", ["pyspark-client==4.0.*", "pandas<3"]),
     "4.3-py3.13": ("3.13", ["pyspark[connect]==4.3.*", "pandas<3"]),
 }
+#: The line that also runs the tests of the server side alone (marker ``engine``).
+ENGINE_LINE = "4.3"
 #: The lines of the benchmarks and the demo, on the interpreter running nox.
 MAIN_LINES = ("3.5", "4.0", "4.1", "4.2", "4.3")
 #: Claimed by ``requires-python`` but run by no line: the tests that need no server, there.
@@ -109,12 +111,18 @@ def _install_dependencies(session: nox.Session, *extra: str) -> None:
     [nox.param(python, line, id=f"line={line!r}") for line, (python, _) in LINES.items()],
 )
 def tests(session: nox.Session, line: str) -> None:
-    """The test suite on one client line, against a real Spark Connect server."""
+    """The test suite on one client line, against a real Spark Connect server.
+
+    The tests of the server side alone (marker ``engine``: server life cycle, Sail, the shared
+    server, ``serve``) behave the same whatever the client: they run on ENGINE_LINE only.
+    """
     spark_home = _spark_home(session)
     _install_dependencies(session, *LINES[line][1])
+    marks = [] if line == ENGINE_LINE else ["-m", "not engine"]
     session.run(
         "pytest",
         "--ignore=tests/activation",
+        *marks,
         *session.posargs,
         env={
             "PYSPARK_SAFESTOP_SPARK_HOME": spark_home,

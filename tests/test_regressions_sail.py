@@ -28,7 +28,8 @@ __all__ = [
     "test_upstream_waits_ten_seconds_on_42",
 ]
 
-pytestmark = pytest.mark.server
+# Server-side behaviour, the same whatever the client line: run on one line (noxfile.py).
+pytestmark = [pytest.mark.server, pytest.mark.engine]
 
 
 #: (case, client line) where upstream does not break against Sail, with what was seen instead.

@@ -22,7 +22,8 @@ from pyspark_safestop._sail import NO_AUTH_NOTICE, find_sail
 from pyspark_safestop._settings import SafestopWarning
 from tests.children import clean_env, in_own_session, run_inner
 
-pytestmark = pytest.mark.server
+# Server-side behaviour, the same whatever the client line: run on one line (noxfile.py).
+pytestmark = [pytest.mark.server, pytest.mark.engine]
 
 REPO = Path(__file__).resolve().parent.parent
 

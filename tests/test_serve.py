@@ -17,6 +17,9 @@ import pytest
 from pyspark_safestop._server import find_spark_home
 from tests.children import clean_env, in_own_session, run_python
 
+# The command's behaviour is the same whatever the client line: run on one line (noxfile.py).
+pytestmark = pytest.mark.engine
+
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
     return run_python("-m", "pyspark_safestop", "serve", *args, env=clean_env(), timeout=60)

@@ -5,7 +5,8 @@ Sail servers get all of it but the first: Sail checks no secret, so any local us
 to one (the report header and ``serve`` say so); the rest is tested for both engines.
 
 Another local user is played by ``nobody`` (``tests/foreign_user.py``); owners are killed with a
-real SIGKILL.
+real SIGKILL. The token's tests depend on the client line and run on every one; the others test
+the server side alone (marked ``engine``) and run on one line.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def test_the_token_is_in_no_command_line_log_environment_or_repr(
     assert token not in "\0".join(f"{k}={v}" for k, v in os.environ.items())
 
 
+@pytest.mark.engine
 def test_extra_conf_cannot_move_a_bind_or_set_the_token(spark_home: Path) -> None:
     for key, value in [
         ("spark.connect.grpc.binding.address", "0.0.0.0"),
@@ -194,6 +196,7 @@ def test_extra_conf_cannot_move_a_bind_or_set_the_token(spark_home: Path) -> Non
 # -- loopback only, private files -----------------------------------------------------------------
 
 
+@pytest.mark.engine
 def test_every_listener_is_on_loopback_and_the_folder_is_private(
     spark_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,6 +218,7 @@ def test_every_listener_is_on_loopback_and_the_folder_is_private(
     assert not workdir.exists()
 
 
+@pytest.mark.engine
 def test_sail_listens_on_loopback_only_and_its_folder_is_private(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -237,6 +241,7 @@ def test_sail_listens_on_loopback_only_and_its_folder_is_private(
     assert not workdir.exists()
 
 
+@pytest.mark.engine
 def test_a_sail_setting_moving_a_listener_or_not_a_sail_setting_is_refused() -> None:
     with pytest.raises(ValueError, match=re.escape("WORKER_LISTEN_HOST='0.0.0.0'")):
         SailServer(extra_env={"SAIL_CLUSTER__WORKER_LISTEN_HOST": "0.0.0.0"})
@@ -244,6 +249,7 @@ def test_a_sail_setting_moving_a_listener_or_not_a_sail_setting_is_refused() -> 
         SailServer(extra_env={"spark.ui.enabled": "true"})
 
 
+@pytest.mark.engine
 def test_a_sail_log_through_a_symlink_is_refused_and_nothing_runs(tmp_path: Path) -> None:
     require_engine("sail")
     target = tmp_path / "precious"
@@ -257,6 +263,7 @@ def test_a_sail_log_through_a_symlink_is_refused_and_nothing_runs(tmp_path: Path
     assert target.read_text() == "keep me"
 
 
+@pytest.mark.engine
 def test_the_log_is_never_opened_through_a_symlink_nor_a_strangers_file(tmp_path: Path) -> None:
     target = tmp_path / "precious"
     target.write_text("keep me")
@@ -283,6 +290,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("engine", ["spark", "sail"])
 def test_sigkill_of_serve_leaves_no_server(engine: str) -> None:
     require_engine(engine)
@@ -335,6 +343,7 @@ def holding_run(tmp_path: Path) -> tuple[Path, list[str], dict[str, str]]:
     return suite, argv, env
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("engine", ["spark", "sail"])
 @pytest.mark.parametrize("who", ["pytest", "xdist-worker"])
 def test_sigkill_of_a_pytest_process_holding_the_fixture_leaves_no_server(
@@ -376,6 +385,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.engine
 def test_a_forked_child_living_on_does_not_keep_the_server(tmp_path: Path) -> None:
     script = tmp_path / "owner.py"
     script.write_text(FORKING_OWNER)

@@ -22,7 +22,8 @@ from pyspark_safestop._sail import find_sail
 from tests import children
 from tests.children import PLUGIN_ONLY, own_group, run_python
 
-pytestmark = pytest.mark.server
+# Server-side behaviour, the same whatever the client line: run on one line (noxfile.py).
+pytestmark = [pytest.mark.server, pytest.mark.engine]
 
 REPO = Path(__file__).resolve().parent.parent
 #: Seconds a server may take to disappear once its owner is gone.
