@@ -24,6 +24,9 @@ LISTENER = Path(__file__).with_name("listener.py")
 
 
 def main() -> None:
+    # Started with SIGINT ignored (a background job of a non-interactive shell), Python has no
+    # KeyboardInterrupt; this target stands for an interactive program, which has one.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser()
     parser.add_argument("scope", choices=["port", "pid"])
     parser.add_argument("action", choices=["exit", "wait"])
