@@ -67,9 +67,9 @@ def _plugin_option() -> list[str]:
     return [] if installed else ["-p", "pyspark_safestop.plugin"]
 
 
-def runs(url: str) -> list[Run]:
+def runs() -> list[Run]:
     pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *_plugin_option(), "-v"]
-    suite = [str(HERE / "test_class_sessions.py"), "--safestop-remote", url]
+    suite = [str(HERE / "test_class_sessions.py")]
     return [
         Run("pytest suite, class-scoped sessions", [*pytest, *suite], shim=False),
         Run("pytest suite, class-scoped sessions", [*pytest, *suite], shim=True),
@@ -105,7 +105,13 @@ class Activity:
 
 def execute(run: Run, proxy: FaultProxy, timeout: float) -> None:
     """Run it with its output shown as it comes; kill its process group at the timeout."""
-    env = dict(os.environ, SPARK_REMOTE=proxy.url, PYSPARK_SAFESTOP="1" if run.shim else "0")
+    # The URL holds the server's token: in the environment, never on a command line (ps).
+    env = dict(
+        os.environ,
+        SPARK_REMOTE=proxy.url,
+        PYSPARK_SAFESTOP_REMOTE=proxy.url,
+        PYSPARK_SAFESTOP="1" if run.shim else "0",
+    )
     env.pop("PYSPARK_SAFESTOP_REQUIRE_SERVER", None)
     print(f"\n=== {run.title}, {'WITH' if run.shim else 'WITHOUT'} the shim", flush=True)
     started = time.monotonic()
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ReleaseExecute RPC hangs",
                 flush=True,
             )
-            todo = runs(proxy.url)
+            todo = runs()
             if args.all:
                 todo += [Run(r.title, r.command, shim=False) for r in todo[2:]]
             for run in todo:

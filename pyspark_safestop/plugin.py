@@ -74,6 +74,7 @@ from ._shared_server import (
 from ._watchdog import hangs_since
 
 __all__ = [
+    "ENV_REMOTE",
     "ENV_REQUIRE_SERVER",
     "PluginSettings",
     "ServerFactory",
@@ -89,6 +90,9 @@ __all__ = [
 #: ``1`` makes a missing Java, missing jars or ``--safestop-remote`` fail the tests that need a
 #: local server instead of skipping them (as ``--safestop-require-server`` does).
 ENV_REQUIRE_SERVER = "PYSPARK_SAFESTOP_REQUIRE_SERVER"
+#: The server the fixtures use, as ``--safestop-remote`` says. An URL holding a token belongs in
+#: the environment (only its user reads it), not on a command line, which ``ps`` shows to all.
+ENV_REMOTE = "PYSPARK_SAFESTOP_REMOTE"
 
 DEFAULT_START_TIMEOUT = 120.0
 #: Log lines attached to a failing test's report.
@@ -134,7 +138,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option(
         "remote",
         "use this Spark Connect server or cluster (sc://HOST:PORT) and start none "
-        "(ini: safestop_remote)",
+        f"(ini: safestop_remote; also {ENV_REMOTE}, the place for a URL with a token)",
         metavar="URL",
     )
     option(
@@ -229,12 +233,15 @@ def _hang_seconds(text: object) -> float:
 def read_settings(config: pytest.Config) -> PluginSettings:
     """Validate the plugin's options and ini keys; raise ``pytest.UsageError`` on a bad one."""
     remote = _raw(config, "remote")
+    if remote is None and os.environ.get(ENV_REMOTE, "").strip():
+        remote = os.environ[ENV_REMOTE]
     if remote is not None:
         remote = str(remote).strip()
         host = remote[len("sc://") :].split("/", 1)[0].split(":", 1)[0]
         if not remote.startswith("sc://") or not host:
             raise pytest.UsageError(
-                f"--safestop-remote / safestop_remote must be sc://HOST:PORT, got {remote!r}"
+                f"--safestop-remote / safestop_remote / {ENV_REMOTE} must be sc://HOST:PORT, "
+                f"got {remote!r}"
             )
     timeout = _raw(config, "release_timeout")
     hang = _raw(config, "hang_timeout")

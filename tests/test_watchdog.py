@@ -76,11 +76,12 @@ def _suite_command(tmp_path: Path, url: str, *args: str) -> tuple[list[str], dic
         "-p",
         "no:cacheprovider",
         "-rA",
-        f"--safestop-remote={url}",
         str(tmp_path / "test_suite.py"),
         *args,
     ]
     env = clean_env(pythonpath=[REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+    # In the environment, not on the command line: the URL holds the server's token.
+    env["PYSPARK_SAFESTOP_REMOTE"] = url
     return command, env
 
 
