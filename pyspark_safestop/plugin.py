@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import warnings
 from collections.abc import Generator, Iterator
@@ -289,6 +290,11 @@ def read_settings(config: pytest.Config) -> PluginSettings:
     )
 
 
+def _shown(url: str) -> str:
+    """``url`` as reports may show it: without its token."""
+    return re.sub(r"(;token=)[^;]*", r"\1…", url)
+
+
 def _is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
@@ -389,7 +395,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [describe_shim()]
     settings = config.stash.get(_SETTINGS, None)
     if settings is not None and settings.remote:
-        lines.append(f"pyspark-safestop: fixtures use {settings.remote} (no local server)")
+        lines.append(f"pyspark-safestop: fixtures use {_shown(settings.remote)} (no local server)")
     elif settings is not None:
         scope = "one for the whole run" if settings.shared_server else "one per process"
         lines.append(f"pyspark-safestop: fixtures use {describe(settings.engine)}, {scope}")
@@ -521,7 +527,9 @@ def spark_connect_server(
     config = request.config
     settings = config.stash[_SETTINGS]
     if settings.remote:
-        _unavailable(settings, f"the fixtures use {settings.remote}: no local server is started")
+        _unavailable(
+            settings, f"the fixtures use {_shown(settings.remote)}: no local server is started"
+        )
     if settings.shared_server:
         shared = _shared_server(config, settings, tmp_path_factory)
         config.stash[_SERVER] = shared

@@ -82,6 +82,11 @@ def _suite_command(tmp_path: Path, url: str, *args: str) -> tuple[list[str], dic
     env = clean_env(pythonpath=[REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
     # In the environment, not on the command line: the URL holds the server's token.
     env["PYSPARK_SAFESTOP_REMOTE"] = url
+    # xdist workers of pyspark-client 4.2 exit without a Spark home: the plugin gives them the
+    # server's, which it finds here.
+    home = os.environ.get("PYSPARK_SAFESTOP_SPARK_HOME")
+    if home:
+        env["PYSPARK_SAFESTOP_SPARK_HOME"] = home
     return command, env
 
 
