@@ -27,8 +27,9 @@ nox.options.error_on_missing_interpreters = True
 #: databricks-connect lines ship their own ``pyspark`` module and must not get Apache's beside
 #: it (both write the same files). 16.1 is the newest for Python 3.11 (its ``pyspark`` says
 #: 3.5.2 and is built like 4.0); 19.3 needs Python 3.12 (says 4.4.0.dev0, built like 4.2+).
-#: The 3.9 and 3.13 lines cover the ends of ``requires-python``: 4.0 is the newest line that
-#: installs on 3.9.
+#: The 3.13 line covers the newest end of ``requires-python``. Python 3.9 is not in the matrix:
+#: there gRPC's event engine aborts or logs "epoll_wait error: Bad file descriptor" in child
+#: interpreters now and then, with or without the shim.
 LINES: dict[str, tuple[str | None, list[str]]] = {
     "3.5": (None, ["pyspark[connect]==3.5.*", "pandas<2.3", "numpy<2", "pyarrow<17", "protobuf<5"]),
     "4.0": (None, ["pyspark-client==4.0.*", "pandas<3"]),
@@ -37,7 +38,6 @@ LINES: dict[str, tuple[str | None, list[str]]] = {
     "4.3": (None, ["pyspark[connect]==4.3.*", "pandas<3"]),
     "dbc-16.1": (None, ["databricks-connect==16.1.*", "pyarrow<20", "pandas<2.3", "numpy<2"]),
     "dbc-19.3": ("3.12", ["databricks-connect==19.3.*"]),
-    "4.0-py3.9": ("3.9", ["pyspark-client==4.0.*", "pandas<3"]),
     "4.3-py3.13": ("3.13", ["pyspark[connect]==4.3.*", "pandas<3"]),
 }
 #: The line that also runs the tests of the server side alone (marker ``engine``).
