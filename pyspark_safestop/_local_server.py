@@ -257,23 +257,11 @@ class LocalServer:
             self._log_fd = open_private_log(self.log_path)
             command = self._command(self._workdir)
             logger.info("starting %s: %s", self._what, " ".join(command))
-            launch = [sys.executable, "-I", "-S", str(_LAUNCHER), str(self._stop_grace)]
-            self._launcher = subprocess.Popen(
-                [*launch, str(self._workdir), "--", *command],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._log_fd,
-                env=self._environment(),
-                cwd=self._workdir,
-                # Its own session: a Ctrl-C in the terminal reaches the owner, which stops the
-                # server in order, not the launcher.
-                start_new_session=True,
-            )
             # A forked child must not keep the pipe open: the server would outlive the owner.
             os.register_at_fork(
                 after_in_child=functools.partial(_forget_in_child, weakref.ref(self))
             )
-            self._pid = self._read_pid()
+            self._pid = self._launch(command)
             self._port = self._wait_for_port(t0)
             self._ipv6_guard = _reserve_ipv6_loopback(self._port)
         except BaseException:
@@ -289,18 +277,45 @@ class LocalServer:
         )
         return self
 
-    def _read_pid(self) -> int:
-        assert self._launcher is not None
-        assert self._launcher.stdout is not None
-        line = self._launcher.stdout.readline()
-        self._launcher.stdout.close()
-        try:
-            return int(line)
-        except ValueError:
-            raise RuntimeError(
-                f"the {self._what} could not be launched (log: {self.log_path}):\n"
-                f"{self.log_tail(_FAILURE_TAIL_LINES)}"
-            ) from None
+    def _launch(self, command: list[str]) -> int:
+        """Start the launcher; return the server's PID, which it reports.
+
+        Tried twice when the launcher is killed by a signal before it says anything: on Python
+        3.9 subprocess forks, and in an owner where gRPC is busy, gRPC's fork handlers can
+        abort the child before it runs the launcher at all (README, Limitations).
+        """
+        assert self._workdir is not None
+        launch = [sys.executable, "-I", "-S", str(_LAUNCHER), str(self._stop_grace)]
+        for attempt in (1, 2):
+            self._launcher = subprocess.Popen(
+                [*launch, str(self._workdir), "--", *command],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log_fd,
+                env=self._environment(),
+                cwd=self._workdir,
+                # Its own session: a Ctrl-C in the terminal reaches the owner, which stops the
+                # server in order, not the launcher.
+                start_new_session=True,
+            )
+            assert self._launcher.stdout is not None
+            line = self._launcher.stdout.readline()
+            self._launcher.stdout.close()
+            with contextlib.suppress(ValueError):
+                return int(line)
+            status = self._launcher.wait()
+            if line or status >= 0 or attempt == 2:
+                break
+            logger.warning(
+                "the launcher of %s was killed by signal %d before it started anything; "
+                "starting it once more",
+                self._what,
+                -status,
+            )
+        raise RuntimeError(
+            f"the {self._what} could not be launched (log: {self.log_path}):\n"
+            f"{self.log_tail(_FAILURE_TAIL_LINES)}"
+        )
 
     def _wait_for_port(self, t0: float) -> int:
         assert self._launcher is not None

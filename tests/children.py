@@ -124,3 +124,19 @@ def gone(pid: int, within: float) -> bool:
 def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """An inner pytest run (pytester) with the checkout's plugin and no cache."""
     return pytester.runpytest(*PLUGIN_ONLY, *args)
+
+
+def server_processes(proc: subprocess.Popen[Any]) -> list[psutil.Process]:
+    """What ``proc`` started, recursively (a server: its launcher, spark-submit, the JVM...)."""
+    try:
+        return psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def has_name(process: psutil.Process, name: str) -> bool:
+    """Whether ``process`` runs ``name`` ("java", "sail"); False once it is gone."""
+    try:
+        return process.name() == name
+    except psutil.Error:
+        return False

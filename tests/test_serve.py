@@ -11,11 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from pyspark_safestop._server import find_spark_home
-from tests.children import clean_env, in_own_session, run_python
+from tests.children import clean_env, has_name, in_own_session, run_python, server_processes
 
 # The command's behaviour is the same whatever the client line: run on one line (noxfile.py).
 pytestmark = pytest.mark.engine
@@ -81,7 +80,7 @@ def test_piped_to_head_and_exited_by_itself_quotes_its_temporary_log(spark_home:
         assert shell.stdout is not None
         url = shell.stdout.readline().strip()
         assert re.fullmatch(r"sc://localhost:\d+/;token=[\w-]{43}", url), url
-        jvms = [p for p in psutil.Process(shell.pid).children(recursive=True) if p.name() == "java"]
+        jvms = [p for p in server_processes(shell) if has_name(p, "java")]
         assert len(jvms) == 1, jvms
         jvms[0].kill()  # our own server's JVM, dying "by itself"
         _, err = shell.communicate(timeout=120)

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from tests.activation.conftest import Env
+from tests.children import has_name, server_processes
 
 pytestmark = pytest.mark.server
 
@@ -29,21 +30,6 @@ def start(env: Env) -> subprocess.Popen[str]:
     )
 
 
-def server_processes(proc: subprocess.Popen[str]) -> list[psutil.Process]:
-    """The server's processes: its launcher, spark-submit (which becomes the JVM), what it runs."""
-    try:
-        return psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def is_jvm(process: psutil.Process) -> bool:
-    try:
-        return process.name() == "java"
-    except psutil.Error:
-        return False
-
-
 def test_ctrl_c_stops_the_server(wheel_env: Env, tmp_path: Path) -> None:
     proc = start(wheel_env)
     try:
@@ -52,7 +38,7 @@ def test_ctrl_c_stops_the_server(wheel_env: Env, tmp_path: Path) -> None:
         match = re.fullmatch(r"sc://localhost:(\d+)/;token=[\w-]{43}", url)
         assert match, url
         children = server_processes(proc)
-        assert any(is_jvm(p) for p in children), children
+        assert any(has_name(p, "java") for p in children), children
         result = wheel_env.script(
             f"""
             import json
@@ -82,7 +68,7 @@ def test_sigterm_while_starting_leaves_no_jvm(wheel_env: Env) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         children: list[psutil.Process] = []
         # spark-submit execs the JVM in place: once a java process is there, it is starting.
-        while not any(is_jvm(p) for p in children) and time.monotonic() < deadline:
+        while not any(has_name(p, "java") for p in children) and time.monotonic() < deadline:
             time.sleep(0.05)
             children = server_processes(proc)
         assert children, "the server process never appeared"
