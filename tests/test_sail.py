@@ -208,10 +208,15 @@ def test_a_launcher_killed_twice_is_an_error_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_local_server, "_LAUNCHER", _launcher_killed_first(tmp_path, 2))
+    before = _sail_processes()  # the servers of other tests' fixtures
     server = SailServer()
     with pytest.raises(RuntimeError, match="Sail server could not be launched"):
         server.start()
     assert (tmp_path / "runs").read_text() == "xx"
     with pytest.raises(RuntimeError, match="not started"):
         server.pid  # noqa: B018
-    assert [p for p in psutil.Process().children(recursive=True) if has_name(p, "sail")] == []
+    assert _sail_processes() == before
+
+
+def _sail_processes() -> set[psutil.Process]:
+    return {p for p in psutil.Process().children(recursive=True) if has_name(p, "sail")}
