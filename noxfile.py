@@ -1,6 +1,6 @@
-"""The test matrix: the whole suite against every supported Spark Connect client line, lint, the
-unit tests on the one claimed Python no line runs on, and the activation tests (the package
-installed for real, from its wheel and in editable mode).
+"""The test matrix: the suite against every supported Spark Connect client line, the server
+side's own tests once, lint, the unit tests on the one claimed Python no line runs on, and the
+activation tests (the package installed for real, from its wheel and in editable mode).
 
 ``nox`` runs everything one session after another; ``bash .ci/run`` installs everything first,
 then runs the sessions side by side. ``nox -s "tests(line='4.1')"`` runs one line. Each line
@@ -20,27 +20,25 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "tests", "unit", "activation"]
+nox.options.sessions = ["lint", "tests", "engine", "unit", "activation"]
 nox.options.error_on_missing_interpreters = True
 
 #: Client line -> (Python, what to install); ``None``: the interpreter running nox. The
 #: databricks-connect lines ship their own ``pyspark`` module and must not get Apache's beside
 #: it (both write the same files). 16.1 is the newest for Python 3.11 (its ``pyspark`` says
 #: 3.5.2 and is built like 4.0); 19.3 needs Python 3.12 (says 4.4.0.dev0, built like 4.2+).
-#: The 3.13 line covers the newest end of ``requires-python``. Python 3.9 is not in the matrix:
-#: there gRPC's event engine aborts or logs "epoll_wait error: Bad file descriptor" in child
-#: interpreters now and then, with or without the shim.
+#: 4.0 (the newest line that installs there) runs on 3.9 and 4.3 on 3.13: the two ends of
+#: ``requires-python``, without a line of their own.
 LINES: dict[str, tuple[str | None, list[str]]] = {
     "3.5": (None, ["pyspark[connect]==3.5.*", "pandas<2.3", "numpy<2", "pyarrow<17", "protobuf<5"]),
-    "4.0": (None, ["pyspark-client==4.0.*", "pandas<3"]),
+    "4.0": ("3.9", ["pyspark-client==4.0.*", "pandas<3"]),
     "4.1": (None, ["pyspark-client==4.1.*", "pandas<3"]),
     "4.2": (None, ["pyspark-client==4.2.*", "pandas<3"]),
-    "4.3": (None, ["pyspark[connect]==4.3.*", "pandas<3"]),
+    "4.3": ("3.13", ["pyspark[connect]==4.3.*", "pandas<3"]),
     "dbc-16.1": (None, ["databricks-connect==16.1.*", "pyarrow<20", "pandas<2.3", "numpy<2"]),
     "dbc-19.3": ("3.12", ["databricks-connect==19.3.*"]),
-    "4.3-py3.13": ("3.13", ["pyspark[connect]==4.3.*", "pandas<3"]),
 }
-#: The line that also runs the tests of the server side alone (marker ``engine``).
+#: The client of the ``engine`` session: the server side's own tests (marker ``engine``).
 ENGINE_LINE = "4.3"
 #: The lines of the benchmarks and the demo, on the interpreter running nox.
 MAIN_LINES = ("3.5", "4.0", "4.1", "4.2", "4.3")
@@ -113,24 +111,44 @@ def _install_dependencies(session: nox.Session, *extra: str) -> None:
 def tests(session: nox.Session, line: str) -> None:
     """The test suite on one client line, against a real Spark Connect server.
 
-    The tests of the server side alone (marker ``engine``: server life cycle, Sail, the shared
-    server, ``serve``) behave the same whatever the client: they run on ENGINE_LINE only.
+    Without the tests of the server side alone (marker ``engine``): the ``engine`` session
+    runs those, once.
     """
-    spark_home = _spark_home(session)
     _install_dependencies(session, *LINES[line][1])
-    marks = [] if line == ENGINE_LINE else ["-m", "not engine"]
+    _pytest(session, "-m", "not engine", python=LINES[line][0])
+
+
+@nox.session
+def engine(session: nox.Session) -> None:
+    """The tests of the server side alone (marker ``engine``: server life cycle, loopback and
+    files, Sail, the shared server, ``serve``): the same whatever the client line, run once,
+    with the ENGINE_LINE client on the interpreter running nox."""
+    _install_dependencies(session, *LINES[ENGINE_LINE][1])
+    _pytest(session, "-m", "engine", python=None)
+
+
+def _pytest(session: nox.Session, *marks: str, python: str | None) -> None:
     session.run(
         "pytest",
         "--ignore=tests/activation",
         *marks,
         *session.posargs,
         env={
-            "PYSPARK_SAFESTOP_SPARK_HOME": spark_home,
+            "PYSPARK_SAFESTOP_SPARK_HOME": _spark_home(session),
             "PYSPARK_SAFESTOP_SAIL": _sail(session),
             # Missing Java or jars fail the run here instead of skipping the server tests.
             "PYSPARK_SAFESTOP_REQUIRE_SERVER": "1",
+            **_grpc_fork_env(python),
         },
     )
+
+
+def _grpc_fork_env(python: str | None) -> dict[str, str]:
+    """Python 3.9's subprocess forks (3.10+ uses vfork): in a process where gRPC is busy, its
+    fork handlers then start a poller in the child that close_fds pulls the descriptor from
+    under, and the child aborts before exec (README, Limitations). The tests start thousands
+    of children from such processes."""
+    return {"GRPC_ENABLE_FORK_SUPPORT": "0"} if python == "3.9" else {}
 
 
 @nox.session(python=UNIT_PYTHONS)

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -38,12 +39,14 @@ __all__ = [
     "Verdict",
     "decide",
     "diagnose",
+    "grpc_fork_hazard",
     "render",
 ]
 
 #: What goes wrong without the shim, per client layout (the facts live in ``_layouts``).
 KNOWN_PROBLEMS = {layout.name: layout.symptom for layout in _layouts.LAYOUTS}
 
+GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 PTH_FILE = "pyspark_safestop.pth"
 START_FILE = "pyspark_safestop.start"
 PLUGIN_NAME = "pyspark_safestop"
@@ -265,10 +268,23 @@ def diagnose() -> dict[str, Any]:
             "spark_home": str(spark_home) if spark_home else None,
             "java": java_available(),
         },
-        "python": {"version": sys.version.split()[0], "executable": sys.executable},
+        "python": {
+            "version": sys.version.split()[0],
+            "executable": sys.executable,
+            "grpc_fork_hazard": grpc_fork_hazard(),
+        },
         "pyspark_safestop": __version__,
         "probe_error": probe_error,
     }
+
+
+def grpc_fork_hazard(
+    version: tuple[int, int] = sys.version_info[:2], env: Mapping[str, str] = os.environ
+) -> bool:
+    """Whether gRPC's fork handlers run when this Python starts a subprocess: 3.9's subprocess
+    forks (3.10+ uses vfork), and while gRPC is busy they can abort the child before it runs
+    its command, unless ``GRPC_ENABLE_FORK_SUPPORT`` turns them off."""
+    return version < (3, 10) and env.get(GRPC_FORK_ENV, "").strip().lower() not in ("0", "false")
 
 
 # -- text ---------------------------------------------------------------------------------------
@@ -278,16 +294,22 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-#: Clients that send a token only over TLS; the project's local servers want it over loopback.
 def _watchdog(settings: dict[str, Any]) -> str:
     hang = settings.get("hang_timeout")
     return "watchdog off" if hang is None else f"watchdog {hang:g} s"
 
 
+#: Clients that send a token only over TLS; the project's local servers want it over loopback.
 _TOKEN_OVER_TLS_ONLY = (
     "this client sends a token only over TLS (3.5, Databricks Connect 16.1): remote(url) "
     "cannot reach serve's or the fixtures' servers; use the fixtures or "
     "pyspark_safestop.plugin.connect_session(url)"
+)
+
+
+_GRPC_FORK_HAZARD = (
+    "on Python 3.9, a subprocess started while gRPC is busy can abort before it runs "
+    f"(gRPC's fork handlers); set {GRPC_FORK_ENV}=0 for test runs"
 )
 
 
@@ -343,6 +365,8 @@ def render(report: dict[str, Any]) -> str:
     rows += [("bad setting", problem) for problem in settings.get("problems", [])]
     if pyspark.get("token_needs_channel_builder"):
         rows.append(("local servers", _TOKEN_OVER_TLS_ONLY))
+    if report["python"].get("grpc_fork_hazard"):
+        rows.append(("subprocesses", _GRPC_FORK_HAZARD))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     lines.append("")

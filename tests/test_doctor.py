@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pyspark_safestop import _layouts
-from pyspark_safestop._doctor import KNOWN_PROBLEMS, PTH_FILE, START_FILE, _pth_state, decide
+from pyspark_safestop._doctor import (
+    GRPC_FORK_ENV,
+    KNOWN_PROBLEMS,
+    PTH_FILE,
+    START_FILE,
+    _pth_state,
+    decide,
+    grpc_fork_hazard,
+)
 from pyspark_safestop._layouts import LAYOUTS
 from tests.children import PLUGIN_ONLY, REPO_ROOT, clean_env, run_python
 
@@ -103,6 +112,32 @@ def test_doctor_reports_this_line_with_the_shim_off(client_layout: str) -> None:
 def test_doctor_tells_the_hang_watchdog_setting() -> None:
     proc = doctor(PYSPARK_SAFESTOP_HANG_TIMEOUT="30")
     assert "PYSPARK_SAFESTOP_HANG_TIMEOUT     '30' -> watchdog 30 s" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("version", "setting", "hazard"),
+    [
+        ((3, 9), None, True),
+        ((3, 9), "1", True),
+        ((3, 9), "0", False),
+        ((3, 9), " False ", False),
+        ((3, 10), None, False),
+        ((3, 13), "1", False),
+    ],
+)
+def test_the_grpc_fork_hazard_is_python_3_9_with_fork_support_on(
+    version: tuple[int, int], setting: str | None, hazard: bool
+) -> None:
+    env = {} if setting is None else {GRPC_FORK_ENV: setting}
+    assert grpc_fork_hazard(version, env) is hazard
+
+
+def test_doctor_names_the_grpc_fork_hazard_where_it_is() -> None:
+    env = clean_env()
+    env.pop(GRPC_FORK_ENV, None)
+    proc = run_python("-m", "pyspark_safestop", "doctor", env=env, timeout=240)
+    said = f"{GRPC_FORK_ENV}=0 for test runs" in proc.stdout
+    assert said is (sys.version_info < (3, 10)), proc.stdout
 
 
 @pytest.mark.parametrize("args", [["--bogus"], ["--json", "extra"]])
