@@ -145,9 +145,8 @@ def _pytest(session: nox.Session, *marks: str, python: str | None) -> None:
 
 def _grpc_fork_env(python: str | None) -> dict[str, str]:
     """Python 3.9's subprocess forks (3.10+ uses vfork): in a process where gRPC is busy, its
-    fork handlers then start a poller in the child that close_fds pulls the descriptor from
-    under, and the child aborts before exec (README, Limitations). The tests start thousands
-    of children from such processes."""
+    fork handlers then abort or hang the child before exec (README, Limitations;
+    benchmarks/grpc_fork.py). The tests start thousands of children from such processes."""
     return {"GRPC_ENABLE_FORK_SUPPORT": "0"} if python == "3.9" else {}
 
 

@@ -282,8 +282,8 @@ def grpc_fork_hazard(
     version: tuple[int, int] = sys.version_info[:2], env: Mapping[str, str] = os.environ
 ) -> bool:
     """Whether gRPC's fork handlers run when this Python starts a subprocess: 3.9's subprocess
-    forks (3.10+ uses vfork), and while gRPC is busy they can abort the child before it runs
-    its command, unless ``GRPC_ENABLE_FORK_SUPPORT`` turns them off."""
+    forks (3.10+ uses vfork), and while gRPC is busy they can abort or hang the child before
+    it runs its command, unless ``GRPC_ENABLE_FORK_SUPPORT`` turns them off."""
     return version < (3, 10) and env.get(GRPC_FORK_ENV, "").strip().lower() not in ("0", "false")
 
 
@@ -308,7 +308,7 @@ _TOKEN_OVER_TLS_ONLY = (
 
 
 _GRPC_FORK_HAZARD = (
-    "on Python 3.9, a subprocess started while gRPC is busy can abort before it runs "
+    "on Python 3.9, a subprocess started while gRPC is busy can abort or hang before it runs "
     f"(gRPC's fork handlers); set {GRPC_FORK_ENV}=0 for test runs"
 )
 

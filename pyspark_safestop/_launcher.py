@@ -1,7 +1,7 @@
 """Run a server process for exactly as long as its owner lives.
 
 ``python -I -S _launcher.py GRACE WORKDIR -- COMMAND...``, started by
-:class:`pyspark_safestop._server.SparkConnectServer` in a session of its own:
+:func:`pyspark_safestop._local_server.spawn_launcher`; it moves to a session of its own:
 
 - stdin is the read end of a pipe whose write end only the owner holds. End of file (the owner
   called ``stop()``, exited, or died, SIGKILL included) stops the server: SIGTERM to its process
@@ -79,6 +79,14 @@ def main(argv: list[str]) -> int:
     grace = float(argv[0])
     workdir = argv[1]
     command = argv[3:]
+    # Started by posix_spawn, with the owner's descriptors, folder and session (see
+    # spawn_launcher): keep none of them.
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            with contextlib.suppress(OSError):  # listdir's own, already closed
+                os.close(int(name))
+    os.chdir(workdir)
+    os.setsid()  # a Ctrl-C in the owner's terminal reaches the owner, which stops us in order
     signal.signal(signal.SIGTERM, _request_stop)
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)

@@ -118,6 +118,28 @@ def _accepts(port: int) -> bool:
     return False
 
 
+def spawn_launcher(
+    command: list[str], *, workdir: Path, stderr: int, env: dict[str, str], grace: float
+) -> subprocess.Popen[bytes]:
+    """Start the launcher of ``command`` (see ``_launcher.py``): its stdin and stdout are pipes
+    to this process, ``stderr`` is the log.
+
+    Without fork(): no ``cwd``, no new session (the launcher makes both itself) and no
+    closing of descriptors (the launcher closes all but its three) let subprocess use
+    posix_spawn. A fork runs gRPC's fork handlers, which in an owner where gRPC is busy can
+    abort or hang the child before it execs; Python 3.9's subprocess would fork here.
+    """
+    launch = [sys.executable, "-I", "-S", str(_LAUNCHER), str(grace), str(workdir)]
+    return subprocess.Popen(
+        [*launch, "--", *command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=env,
+        close_fds=False,
+    )
+
+
 def _forget_in_child(server: weakref.ReferenceType[LocalServer]) -> None:
     alive = server()
     if alive is not None:
@@ -278,44 +300,26 @@ class LocalServer:
         return self
 
     def _launch(self, command: list[str]) -> int:
-        """Start the launcher; return the server's PID, which it reports.
-
-        Tried twice when the launcher is killed by a signal before it says anything: on Python
-        3.9 subprocess forks, and in an owner where gRPC is busy, gRPC's fork handlers can
-        abort the child before it runs the launcher at all (README, Limitations).
-        """
+        """Start the launcher; return the server's PID, which it reports."""
         assert self._workdir is not None
-        launch = [sys.executable, "-I", "-S", str(_LAUNCHER), str(self._stop_grace)]
-        for attempt in (1, 2):
-            self._launcher = subprocess.Popen(
-                [*launch, str(self._workdir), "--", *command],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._log_fd,
-                env=self._environment(),
-                cwd=self._workdir,
-                # Its own session: a Ctrl-C in the terminal reaches the owner, which stops the
-                # server in order, not the launcher.
-                start_new_session=True,
-            )
-            assert self._launcher.stdout is not None
-            line = self._launcher.stdout.readline()
-            self._launcher.stdout.close()
-            with contextlib.suppress(ValueError):
-                return int(line)
-            status = self._launcher.wait()
-            if line or status >= 0 or attempt == 2:
-                break
-            logger.warning(
-                "the launcher of %s was killed by signal %d before it started anything; "
-                "starting it once more",
-                self._what,
-                -status,
-            )
-        raise RuntimeError(
-            f"the {self._what} could not be launched (log: {self.log_path}):\n"
-            f"{self.log_tail(_FAILURE_TAIL_LINES)}"
+        assert self._log_fd is not None
+        self._launcher = spawn_launcher(
+            command,
+            workdir=self._workdir,
+            stderr=self._log_fd,
+            env=self._environment(),
+            grace=self._stop_grace,
         )
+        assert self._launcher.stdout is not None
+        line = self._launcher.stdout.readline()
+        self._launcher.stdout.close()
+        try:
+            return int(line)
+        except ValueError:
+            raise RuntimeError(
+                f"the {self._what} could not be launched (log: {self.log_path}):\n"
+                f"{self.log_tail(_FAILURE_TAIL_LINES)}"
+            ) from None
 
     def _wait_for_port(self, t0: float) -> int:
         assert self._launcher is not None

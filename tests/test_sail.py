@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pyspark_safestop import _engines, _local_server
-from pyspark_safestop._sail import NO_AUTH_NOTICE, SailServer, find_sail
+from pyspark_safestop import _engines
+from pyspark_safestop._sail import NO_AUTH_NOTICE, find_sail
 from pyspark_safestop._settings import SafestopWarning
 from tests.children import clean_env, has_name, in_own_session, run_inner, server_processes
 
@@ -174,49 +174,3 @@ def test_serve_sail_prints_its_url_says_who_can_connect_and_stops_on_sigterm() -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _launcher_killed_first(tmp_path: Path, times: int) -> Path:
-    """A stand-in for the launcher that SIGKILLs itself the first ``times`` runs, then runs the
-    real one: what gRPC's fork handlers do to a child on Python 3.9 (README, Limitations)."""
-    count = tmp_path / "runs"
-    script = tmp_path / "launcher.py"
-    script.write_text(
-        "import os, runpy, signal, sys\n"
-        f"count = {str(count)!r}\n"
-        "with open(count, 'a') as handle:\n"
-        "    handle.write('x')\n"
-        f"if os.path.getsize(count) <= {times}:\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        f"sys.argv[0] = {str(_local_server._LAUNCHER)!r}\n"
-        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-    )
-    return script
-
-
-def test_a_launcher_killed_before_it_starts_anything_is_started_once_more(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(_local_server, "_LAUNCHER", _launcher_killed_first(tmp_path, 1))
-    with SailServer() as server:
-        assert psutil.Process(server.pid).name() == "sail"
-    assert (tmp_path / "runs").read_text() == "xx"
-    assert "killed by signal 9 before it started anything; starting it once more" in caplog.text
-
-
-def test_a_launcher_killed_twice_is_an_error_and_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_local_server, "_LAUNCHER", _launcher_killed_first(tmp_path, 2))
-    before = _sail_processes()  # the servers of other tests' fixtures
-    server = SailServer()
-    with pytest.raises(RuntimeError, match="Sail server could not be launched"):
-        server.start()
-    assert (tmp_path / "runs").read_text() == "xx"
-    with pytest.raises(RuntimeError, match="not started"):
-        server.pid  # noqa: B018
-    assert _sail_processes() == before
-
-
-def _sail_processes() -> set[psutil.Process]:
-    return {p for p in psutil.Process().children(recursive=True) if has_name(p, "sail")}
