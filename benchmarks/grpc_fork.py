@@ -16,39 +16,26 @@ any gRPC process that starts subprocesses.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from typing import Any
 
-from _common import benchmark_parser, machine, print_table, resolve_lines, write_json
+from _common import (
+    benchmark_parser,
+    child_env,
+    machine,
+    print_table,
+    resolve_lines,
+    write_json,
+)
 
 #: Runs in the measured interpreter: gRPC busy, N children; prints one JSON line.
 WORKER = r"""
 import json, os, signal, subprocess, sys, threading
-from concurrent import futures
 
 import grpc
 
-server = grpc.server(futures.ThreadPoolExecutor(4))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-done = threading.Event()
-
-
-def call() -> None:
-    method = channel.unary_unary("/none/Call")
-    while not done.is_set():
-        try:
-            method(b"", timeout=0.01)
-        except grpc.RpcError:
-            pass
-
-
-threads = [threading.Thread(target=call, daemon=True) for _ in range(4)]
-for thread in threads:
-    thread.start()
+from pyspark_safestop.testing.traffic import busy_grpc
 
 
 def kill_children() -> None:
@@ -68,19 +55,19 @@ def start(result: list) -> None:
 
 
 signals, hung = [], 0
-for _ in range(int(sys.argv[1])):
-    result = []
-    starter = threading.Thread(target=start, args=(result,))
-    starter.start()
-    starter.join(20)
-    if starter.is_alive():
-        hung += 1
-        kill_children()
-        starter.join()
-        continue
-    if result[0].returncode < 0 and not result[0].stdout:
-        signals.append(-result[0].returncode)
-done.set()
+with busy_grpc():
+    for _ in range(int(sys.argv[1])):
+        result = []
+        starter = threading.Thread(target=start, args=(result,))
+        starter.start()
+        starter.join(20)
+        if starter.is_alive():
+            hung += 1
+            kill_children()
+            starter.join()
+            continue
+        if result[0].returncode < 0 and not result[0].stdout:
+            signals.append(-result[0].returncode)
 print(json.dumps({
     "python": sys.version.split()[0], "grpc": grpc.__version__, "signals": signals, "hung": hung,
 }))
@@ -89,7 +76,8 @@ print(json.dumps({
 
 def measure(python: str, children: int, fork_support: str | None) -> dict[str, Any]:
     """One worker run; ``fork_support``: the value of GRPC_ENABLE_FORK_SUPPORT, None: unset."""
-    env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    env = child_env(shim=False)
+    env.pop("GRPC_ENABLE_FORK_SUPPORT", None)
     if fork_support is not None:
         env["GRPC_ENABLE_FORK_SUPPORT"] = fork_support
     proc = subprocess.run(

@@ -1,6 +1,7 @@
 """The fault toolkit (``pyspark_safestop.testing``) against a real Spark Connect server: a
 marker hangs one chosen query and nothing else, every k-th call is picked, the client's
-metadata (its token) reaches the server, and bad arguments are refused by name."""
+metadata (its token) reaches the server, and bad arguments are refused by name; gRPC kept busy
+for a child's sake stops at the end of its block."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pyspark_safestop.testing.runner import parked_in
 grpc = pytest.importorskip("grpc")
 
 from pyspark_safestop.testing.faults import FaultProxy  # noqa: E402  (needs grpcio)
+from pyspark_safestop.testing.traffic import busy_grpc  # noqa: E402
 
 MARKER = "MARKER-5f1c"
 
@@ -105,3 +107,15 @@ def test_a_parked_thread_proves_the_hang() -> None:
     assert found is not None
     assert found["thread"] == "MainThread"
     assert parked_in([bounded, backwards], [signature]) is None
+
+
+def test_busy_grpc_keeps_its_callers_calling_until_the_end_of_the_block() -> None:
+    def callers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("busy-grpc-")]
+
+    with busy_grpc(callers=2):
+        assert len(callers()) == 2
+        assert all(thread.is_alive() for thread in callers())
+    assert callers() == []
+    with pytest.raises(ValueError, match="callers=0"), busy_grpc(callers=0):
+        pass

@@ -56,45 +56,25 @@ def test_child_forgets_the_parents_sessions() -> None:
 #: launcher running ``sleep``, each stopped at once (end of file on its stdin: SIGTERM to
 #: ``sleep``, status 143); prints the launches that went otherwise.
 LAUNCHES_WHILE_GRPC_IS_BUSY = r"""
-import json, os, sys, tempfile, threading
-from concurrent import futures
-
-import grpc
+import json, os, sys, tempfile
 
 from pyspark_safestop._local_server import spawn_launcher
+from pyspark_safestop.testing.traffic import busy_grpc
 
-server = grpc.server(futures.ThreadPoolExecutor(4))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-done = threading.Event()
-
-
-def call():
-    method = channel.unary_unary("/none/Call")
-    while not done.is_set():
-        try:
-            method(b"", timeout=0.01)
-        except grpc.RpcError:
-            pass
-
-
-for _ in range(4):
-    threading.Thread(target=call, daemon=True).start()
 logs = tempfile.mkdtemp()
 lost = []
-for i in range(int(sys.argv[1])):
-    log = os.open(os.path.join(logs, str(i)), os.O_WRONLY | os.O_CREAT, 0o600)
-    launcher = spawn_launcher(
-        ["sleep", "60"], workdir=tempfile.mkdtemp(), stderr=log, env=dict(os.environ), grace=5
-    )
-    os.close(log)
-    said = launcher.stdout.readline()
-    launcher.stdin.close()
-    status = launcher.wait()
-    if not said.strip().isdigit() or status != 143:
-        lost.append([said.decode(), status])
-done.set()
+with busy_grpc():
+    for i in range(int(sys.argv[1])):
+        log = os.open(os.path.join(logs, str(i)), os.O_WRONLY | os.O_CREAT, 0o600)
+        launcher = spawn_launcher(
+            ["sleep", "60"], workdir=tempfile.mkdtemp(), stderr=log, env=dict(os.environ), grace=5
+        )
+        os.close(log)
+        said = launcher.stdout.readline()
+        launcher.stdin.close()
+        status = launcher.wait()
+        if not said.strip().isdigit() or status != 143:
+            lost.append([said.decode(), status])
 print(json.dumps(lost))
 """
 

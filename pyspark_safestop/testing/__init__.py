@@ -6,6 +6,8 @@
   Needs ``grpcio`` (``pip install pyspark-safestop[testing]``).
 - :mod:`~pyspark_safestop.testing.relay`: :class:`TcpRelay`, which can blackhole a
   connection (no bytes either way, nothing closed).
+- :mod:`~pyspark_safestop.testing.traffic`: :func:`busy_grpc`, gRPC kept busy in this
+  process, to show what subprocesses started meanwhile go through.
 - :mod:`~pyspark_safestop.testing.catalogue`: the scenarios in which upstream's client hangs,
   with their faults and bounds, as a catalogue you can run (:func:`run_case`).
 - :mod:`~pyspark_safestop.testing.scenario`: the program that runs one scenario in a child
