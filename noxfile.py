@@ -139,8 +139,16 @@ def _pytest(session: nox.Session, *marks: str, python: str | None) -> None:
             # Missing Java or jars fail the run here instead of skipping the server tests.
             "PYSPARK_SAFESTOP_REQUIRE_SERVER": "1",
             **_grpc_fork_env(python),
+            **TEST_SERVER_JVM,
         },
     )
+
+
+#: The tests' servers live seconds to minutes and answer small queries: with the JVM's first
+#: compiler only and the serial collector, one takes about half the CPU (README, pytest
+#: plugin; benchmarks/server_jvm.py), which four sessions side by side on two cores lack.
+#: SPARK_SUBMIT_OPTS: Spark's own variable for the options of the JVM spark-submit starts.
+TEST_SERVER_JVM = {"SPARK_SUBMIT_OPTS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
 
 
 def _grpc_fork_env(python: str | None) -> dict[str, str]:
@@ -157,7 +165,7 @@ def unit(session: nox.Session) -> None:
     _install_dependencies(session, *LINES[UNIT_LINE][1])
     session.run(
         "pytest", "--ignore=tests/activation", "-m", "not server", *session.posargs,
-        env={"PYSPARK_SAFESTOP_SPARK_HOME": spark_home},
+        env={"PYSPARK_SAFESTOP_SPARK_HOME": spark_home, **TEST_SERVER_JVM},
     )  # fmt: skip
 
 
@@ -175,6 +183,7 @@ def activation(session: nox.Session) -> None:
             "PYSPARK_SAFESTOP_SPARK_HOME": spark_home,
             "PYSPARK_SAFESTOP_REQUIRE_SERVER": "1",
             "PYSPARK_SAFESTOP_ACTIVATION_CLIENT": " ".join(LINES[ACTIVATION_LINE][1]),
+            **TEST_SERVER_JVM,
         },
     )
     session.run("python", "benchmarks/startup.py", "--runs", "200")
