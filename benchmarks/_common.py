@@ -47,6 +47,7 @@ __all__ = [
     "print_table",
     "resolve_lines",
     "run_events",
+    "run_worker",
     "warm_up",
     "write_json",
 ]
@@ -208,3 +209,26 @@ def warm_up(python: str, url: str) -> None:
     With the shim on, so that its interpreter's exit cannot hang; what it shows is not used.
     """
     run_case(WARM_UP, url, shim=True, python=python)
+
+
+def run_worker(
+    python: str, code: str, *args: str, env: Mapping[str, str], timeout: float
+) -> dict[str, Any]:
+    """Run ``python -c code *args`` and return the JSON object on the last line it prints;
+    exit naming the failure (the end of its stderr) if it fails."""
+    proc = subprocess.run(
+        [python, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        timeout=timeout,
+        check=False,
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(
+            f"{python} -c ... {' '.join(args)} failed (status {proc.returncode}):\n"
+            f"{proc.stderr[-3000:]}"
+        )
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result

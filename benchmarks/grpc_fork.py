@@ -15,8 +15,6 @@ any gRPC process that starts subprocesses.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from typing import Any
 
@@ -26,6 +24,7 @@ from _common import (
     machine,
     print_table,
     resolve_lines,
+    run_worker,
     write_json,
 )
 
@@ -80,15 +79,7 @@ def measure(python: str, children: int, fork_support: str | None) -> dict[str, A
     env.pop("GRPC_ENABLE_FORK_SUPPORT", None)
     if fork_support is not None:
         env["GRPC_ENABLE_FORK_SUPPORT"] = fork_support
-    proc = subprocess.run(
-        [python, "-c", WORKER, str(children)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60 + 21 * children,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_worker(python, WORKER, str(children), env=env, timeout=60 + 21 * children)
     result["fork_support"] = fork_support
     result["children"] = children
     return result

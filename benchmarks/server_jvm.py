@@ -12,9 +12,7 @@ Configurations alternate run by run; medians are printed, and the ratio to the d
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from _common import (
     discover_lines,
     machine,
     print_table,
+    run_worker,
     write_json,
 )
 
@@ -70,18 +69,7 @@ def run(python: str, spark_home: Path, options: str) -> dict[str, Any]:
     env.pop("SPARK_SUBMIT_OPTS", None)
     if options:
         env["SPARK_SUBMIT_OPTS"] = options
-    proc = subprocess.run(
-        [python, "-c", WORKER, str(spark_home)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"a run failed ({options or 'default'}):\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return run_worker(python, WORKER, str(spark_home), env=env, timeout=600)
 
 
 def main() -> None:
