@@ -537,28 +537,16 @@ def run_case(
     name = label or f"{case.scenario} [{mode}; {', '.join(case.hang) or case.transport}]"
 
     def go(url: str, steps: Mapping[str, Callable[[], None]]) -> Run:
-        def once() -> Run:
-            return run_events(
-                scenario_command(interpreter, case.scenario, url, watchdog=WATCHDOG),
-                shim=shim,
-                timeout=timeout or case.timeout,
-                env=case.env,
-                on_checkpoint={**steps, **(actions or {})},
-                hangs_in=(
-                    *(case.hangs_in if case.hangs_in_shim_runs or not shim else ()),
-                    *EXIT_HANGS,
-                ),
-                label=name,
-                stderr_path=stderr_path,
-            )
-
-        run = once()
-        if not run.events and run.returncode is not None and run.returncode < 0:
-            # Killed by a signal before its first line, it never ran the scenario: where
-            # subprocess forks (Python 3.9) a parent running gRPC servers, gRPC's fork handlers
-            # can abort the child before it execs. Once more.
-            run = once()
-        return run
+        return run_events(
+            scenario_command(interpreter, case.scenario, url, watchdog=WATCHDOG),
+            shim=shim,
+            timeout=timeout or case.timeout,
+            env=case.env,
+            on_checkpoint={**steps, **(actions or {})},
+            hangs_in=(*(case.hangs_in if case.hangs_in_shim_runs or not shim else ()), *EXIT_HANGS),
+            label=name,
+            stderr_path=stderr_path,
+        )
 
     if case.transport == "relay":
         from pyspark_safestop.testing.relay import TcpRelay
