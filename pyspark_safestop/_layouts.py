@@ -21,6 +21,7 @@ layout     release pool on the reattachable iterator                            
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -51,6 +52,8 @@ __all__ = [
 ]
 
 SESSION_MODULE = "pyspark.sql.connect.session"
+#: Set by pyspark's own builder for a Connect session: the process is in Connect mode.
+CONNECT_MODE_ENV = "SPARK_CONNECT_MODE_ENABLED"
 CLIENT_MODULE = "pyspark.sql.connect.client.core"
 REATTACH_MODULE = "pyspark.sql.connect.client.reattach"
 
@@ -386,10 +389,16 @@ def session_builder(url: str) -> Any:
 
     On 4.0+ this is ``builder.remote(url)``. On 3.5, for a ``sc://localhost:PORT/;token=...``
     URL, the builder gets a channel builder that sends the token over gRPC local credentials
-    (which gRPC allows on loopback connections only), as 4.0+ does by itself.
+    (which gRPC allows on loopback connections only), as 4.0+ does by itself. Like pyspark's
+    ``pyspark.sql.SparkSession.builder.remote(url)``, it puts the process in Connect mode.
     """
     from pyspark.sql.connect.session import SparkSession
 
+    # What pyspark.sql.SparkSession.builder.remote(url) does before it builds a Connect
+    # session: in the full distribution, pyspark.sql.functions, Window, pyspark.ml and
+    # pyspark.testing choose Connect or classic by this variable, and without it fail with
+    # SESSION_OR_CONTEXT_NOT_EXISTS (pyspark-client and Databricks Connect are Connect only).
+    os.environ[CONNECT_MODE_ENV] = "1"
     builder = SparkSession.builder
     if not token_needs_channel_builder() or ";token=" not in url:
         return builder.remote(url)
