@@ -47,8 +47,10 @@ UNIT_PYTHONS = ("3.10",)
 UNIT_LINE = "4.2"
 SERVER_REQUIREMENT = "pyspark==4.3.*"
 SERVER_VENV = Path(".nox") / "_spark-server"
-#: Sail answers no query when its own environment holds pyspark 4.3: it gets a venv of its own.
+#: Sail answers no query when its own environment holds pyspark 4.3: it gets a venv of its own,
+#: with what Sail runs Python UDFs on there (the client and pandas its own tests pin).
 SAIL_VENV = Path(".nox") / "_sail-server"
+SAIL_REQUIREMENTS = ("pysail", "pyspark-client==4.2.*", "pandas<3")
 
 
 def _sail(session: nox.Session) -> str:
@@ -60,7 +62,7 @@ def _sail(session: nox.Session) -> str:
         )  # fmt: skip
         session.run_install(
             "uv", "pip", "install", "-q", "--python", str(SAIL_VENV / "bin" / "python"),
-            "pysail", external=True,
+            *SAIL_REQUIREMENTS, external=True,
         )  # fmt: skip
     return str(sail.resolve())
 
@@ -121,10 +123,13 @@ def tests(session: nox.Session, line: str) -> None:
 @nox.session
 def engine(session: nox.Session) -> None:
     """The tests of the server side alone (marker ``engine``: server life cycle, loopback and
-    files, Sail, the shared server, ``serve``): the same whatever the client line, run once,
-    with the ENGINE_LINE client on the interpreter running nox."""
+    files, Sail, the shared server, ``serve``, masters and clusters): the same whatever the
+    client line, run once, with the ENGINE_LINE client on the interpreter running nox; then
+    the everyday patterns on a Sail server."""
     _install_dependencies(session, *LINES[ENGINE_LINE][1])
     _pytest(session, "-m", "engine", python=None)
+    # The everyday patterns on Sail too (each line runs them on Spark): what Sail serves.
+    _pytest(session, "tests/test_everyday.py", "--safestop-engine", "sail", python=None)
 
 
 def _pytest(session: nox.Session, *marks: str, python: str | None) -> None:

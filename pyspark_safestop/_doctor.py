@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, _distribution, _layouts
+from ._engines import engine_from_env, python_workers
 from ._server import find_spark_home, java_available
 from ._settings import (
     ENV_ENABLED,
@@ -41,6 +42,7 @@ __all__ = [
     "diagnose",
     "grpc_fork_hazard",
     "render",
+    "suite_hazards",
 ]
 
 #: What goes wrong without the shim, per client layout (the facts live in ``_layouts``).
@@ -228,6 +230,8 @@ def diagnose() -> dict[str, Any]:
         verdict = Verdict(False, None, verdict.active, f"could not inspect pyspark: {probe_error}")
     spark_home = find_spark_home()
     dists = _distribution.pyspark_distributions()
+    engine = engine_from_env()
+    described, problems = python_workers(engine)
     return {
         "ok": verdict.ok,
         "summary": verdict.summary,
@@ -273,9 +277,77 @@ def diagnose() -> dict[str, Any]:
             "executable": sys.executable,
             "grpc_fork_hazard": grpc_fork_hazard(),
         },
+        "workers": {"engine": engine, "described": described, "problems": problems},
+        "hazards": suite_hazards(
+            pyspark_version=status.get("pyspark_version"),
+            pandas_version=_installed_version("pandas"),
+            pyarrow_version=_installed_version("pyarrow"),
+            pyspark_warns_pandas3=_pyspark_warns_pandas3(),
+        ),
         "pyspark_safestop": __version__,
         "probe_error": probe_error,
     }
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+#: What pyspark says (and warns) where it does not support pandas 3 yet.
+_PANDAS3_WARNING = "does not yet fully support pandas >= 3"
+
+
+def _pyspark_warns_pandas3() -> bool:
+    for folder in _layouts.pyspark_package_dirs():
+        try:
+            text = (Path(folder) / "sql" / "pandas" / "utils.py").read_text(errors="replace")
+        except OSError:
+            continue
+        if _PANDAS3_WARNING in text:
+            return True
+    return False
+
+
+def _major_minor(version: str | None) -> tuple[int, int] | None:
+    numbers = [int(part) for part in (version or "").split(".")[:2] if part.isdigit()]
+    return (numbers[0], numbers[1]) if len(numbers) == 2 else None
+
+
+def suite_hazards(
+    *,
+    pyspark_version: str | None,
+    pandas_version: str | None,
+    pyarrow_version: str | None,
+    pyspark_warns_pandas3: bool,
+) -> list[str]:
+    """Installed combinations known to break PySpark suites, as sentences; a pure function.
+
+    pandas 3 beside a pyspark that says it does not support it (or predates it: before 4.3),
+    and no pandas or pyarrow, which pandas UDFs, ``toPandas()`` and ``createDataFrame`` of a
+    pandas frame need.
+    """
+    if pyspark_version is None:
+        return []
+    found = []
+    pandas = _major_minor(pandas_version)
+    pyspark = _major_minor(pyspark_version)
+    unsupported = pyspark_warns_pandas3 or (pyspark is not None and pyspark < (4, 3))
+    if pandas is not None and pandas >= (3, 0) and unsupported:
+        found.append(
+            f"pandas {pandas_version} with pyspark {pyspark_version}, which does not "
+            "support pandas 3: pyspark warns, pyspark.testing.assertDataFrameEqual fails "
+            "to import, conversions may differ; install 'pandas<3'"
+        )
+    for name, version in (("pandas", pandas_version), ("pyarrow", pyarrow_version)):
+        if version is None:
+            found.append(
+                f"no {name}: pandas UDFs, mapInArrow, toPandas() and createDataFrame(pandas) "
+                f"need it (pip install {name})"
+            )
+    return found
 
 
 def grpc_fork_hazard(
@@ -367,6 +439,12 @@ def render(report: dict[str, Any]) -> str:
         rows.append(("local servers", _TOKEN_OVER_TLS_ONLY))
     if report["python"].get("grpc_fork_hazard"):
         rows.append(("subprocesses", _GRPC_FORK_HAZARD))
+    workers = report.get("workers") or {}
+    if workers:
+        name = f"python workers ({workers['engine']})"
+        rows.append((name, workers["described"]))
+        rows += [(name, f"WARNING: {problem}") for problem in workers["problems"]]
+    rows += [("suites", f"WARNING: {hazard}") for hazard in report.get("hazards", [])]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     lines.append("")

@@ -15,7 +15,8 @@ from pathlib import Path
 from ._local_server import LocalServer
 from ._sail import ENV_SAIL, NO_AUTH_NOTICE, SailServer, find_sail
 from ._server import SparkConnectServer, find_spark_home, java_available
-from ._settings import warn
+from ._settings import master_from_env, warn
+from ._workers import NEEDS, pyspark_in, sail_python, worker_python
 
 __all__ = [
     "DEFAULT_ENGINE",
@@ -26,6 +27,8 @@ __all__ = [
     "describe",
     "engine_from_env",
     "make_server",
+    "master_for",
+    "python_workers",
 ]
 
 ENGINES = ("spark", "sail")
@@ -63,6 +66,34 @@ def engine_from_env() -> str:
     return DEFAULT_ENGINE
 
 
+def python_workers(
+    engine: str, *, spark_home: str | None = None, sail_executable: str | None = None
+) -> tuple[str, list[str]]:
+    """Which interpreter a server of ``engine`` runs Python UDFs in, and what keeps them from
+    running there (sentences). Spark: its Python workers (:mod:`._workers`); Sail: the
+    interpreter running ``sail``, which must hold a pyspark."""
+    if engine == "sail":
+        sail = find_sail(sail_executable)
+        python = None if sail is None else sail_python(sail)
+        if python is None:
+            return "the interpreter running sail (not found)", []
+        problems = python.problems(None)
+        if python.version is not None and not pyspark_in(python):
+            problems.append(
+                f"Sail's environment ({python.executable}) has no pyspark: every Python UDF "
+                "fails there (install pyspark-client and pandas beside pysail)"
+            )
+        return python.describe(), problems
+    python = worker_python()
+    return python.describe(), python.problems(find_spark_home(spark_home), *NEEDS)
+
+
+def master_for(engine: str) -> str | None:
+    """The master ``$PYSPARK_SAFESTOP_MASTER`` gives a server of ``engine``: a Spark server's;
+    ``None`` for Sail, which has none."""
+    return None if engine == "sail" else master_from_env()
+
+
 def make_server(
     engine: str,
     *,
@@ -71,14 +102,18 @@ def make_server(
     conf: Mapping[str, str] | None = None,
     spark_home: str | None = None,
     sail_executable: str | None = None,
+    master: str | None = None,
 ) -> LocalServer:
     """A server of ``engine``, not started.
 
-    ``conf``: Spark confs for ``spark``, ``SAIL_*`` settings for ``sail``. Raises
+    ``conf``: Spark confs for ``spark``, ``SAIL_*`` settings for ``sail``. ``master``: where a
+    Spark server's executors run (default ``local[2]``; Sail refuses another). Raises
     :class:`EngineUnavailable` when the engine cannot run here (no Java or jars, no ``sail``),
     ``ValueError`` for an unknown engine or a refused setting (both named).
     """
     check_engine(engine)
+    if engine == "sail" and master is not None:
+        raise ValueError(f"master={master!r}: a Sail server has no Spark master")
     if engine == "sail":
         if find_sail(sail_executable) is None:
             named = sail_executable or os.environ.get(ENV_SAIL)
@@ -98,7 +133,9 @@ def make_server(
             "no Spark jars found: install pyspark (the full distribution) or point "
             "--safestop-spark-home / PYSPARK_SAFESTOP_SPARK_HOME at a Spark distribution"
         )
-    return SparkConnectServer(home, log_path=log_path, start_timeout=start_timeout, extra_conf=conf)
+    return SparkConnectServer(
+        home, log_path=log_path, start_timeout=start_timeout, extra_conf=conf, master=master
+    )
 
 
 def describe(engine: str) -> str:

@@ -40,6 +40,7 @@ NO_AUTH_NOTICE = "Sail: no authentication — any local user can connect"
 
 #: Sail logs e.g. ``Starting the Spark Connect server on 127.0.0.1:43335...`` once it is bound.
 _STARTED_RE = re.compile(r"Starting the Spark Connect server on (?P<addr>\S+):(?P<port>\d+)")
+_CHECKPOINT_ENV = "SAIL_EXECUTION__CHECKPOINT__PATH"
 #: Where Sail's own processes listen, when it runs them: loopback, whatever the environment says.
 FORCED_ENV = {
     "SAIL_CLUSTER__DRIVER_LISTEN_HOST": BIND_HOST,
@@ -131,6 +132,10 @@ class SailServer(LocalServer):
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        if self._workdir is not None:
+            # DataFrame.checkpoint() needs a folder, which Sail has none of by default: one in
+            # the private folder, removed with it, as the Spark servers get.
+            env[_CHECKPOINT_ENV] = str(self._workdir / "checkpoints")
         env.update(self._extra_env)
         env.update(FORCED_ENV)
         # The line naming the port must reach the log whatever RUST_LOG asks for.

@@ -35,6 +35,8 @@ from typing import ClassVar
 
 from ._layouts import pyspark_package_dirs
 from ._local_server import BIND_HOST, LocalServer, open_private_log
+from ._settings import DEFAULT_MASTER, validate_master
+from ._workers import ENV_WORKER_PYTHON, WorkerPython, worker_python
 
 __all__ = [
     "BIND_HOST",
@@ -52,6 +54,11 @@ _SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 #: Where the JVM reads the token: an environment variable, never a command-line argument.
 TOKEN_ENV = "SPARK_CONNECT_AUTHENTICATE_TOKEN"
 _TOKEN_CONF = "spark.connect.authenticate.token"
+_MASTER_CONF = "spark.master"
+#: Confs whose values are secrets (``spark.authenticate.secret``, a keystore's password, ...):
+#: they reach spark-submit in a 0600 properties file of the private folder, never a command
+#: line, which every local user can read.
+_SECRET_CONF = re.compile(r"secret|password|token", re.IGNORECASE)
 
 #: Confs that decide where the server listens; an ``extra_conf`` cannot change them.
 FORCED_CONF = {
@@ -109,6 +116,16 @@ def java_available() -> bool:
     return shutil.which("java") is not None
 
 
+def _write_properties(workdir: Path, conf: Mapping[str, str]) -> Path:
+    """``conf`` as a Java properties file only this user can read, in the private folder."""
+    path = workdir / "secret.properties"
+    escaped = {key: value.replace("\\", "\\\\").replace("\n", "\\n") for key, value in conf.items()}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.writelines(f"{key}={value}\n" for key, value in escaped.items())
+    return path
+
+
 class SparkConnectServer(LocalServer):
     """A local Spark Connect server (a JVM), usable as a context manager::
 
@@ -132,14 +149,20 @@ class SparkConnectServer(LocalServer):
         start_timeout: float = 120.0,
         extra_conf: Mapping[str, str] | None = None,
         stop_grace: float = 10.0,
+        master: str | None = None,
+        python: str | None = None,
     ) -> None:
         """Configure the server (it is started by :meth:`start`).
 
         ``log_path`` receives the server's output (default: a file in its private working
         folder, removed at stop). ``start_timeout``: seconds to wait for it to accept
         connections. ``extra_conf``: more Spark confs, overriding the defaults, except the
-        addresses it binds and its token (``ValueError``). ``stop_grace``: seconds between
-        SIGTERM and SIGKILL at stop.
+        addresses it binds and its token (``ValueError``); a secret (a conf named like
+        ``*secret*``, ``*password*``, ``*token*``) reaches spark-submit in a private file.
+        ``stop_grace``: seconds between SIGTERM and SIGKILL at stop. ``master``: where its
+        executors run (:func:`validate_master`; default ``local[2]``), also accepted as the
+        conf ``spark.master``, not both unless equal. ``python``: the interpreter of its Python
+        workers (default ``$PYSPARK_PYTHON``, else this interpreter; see :mod:`._workers`).
         """
         conf = dict(extra_conf or {})
         for key, value in conf.items():
@@ -147,9 +170,20 @@ class SparkConnectServer(LocalServer):
                 raise ValueError(f"{key} cannot be set: every server gets its own token")
             if key in FORCED_CONF and value != FORCED_CONF[key]:
                 raise ValueError(f"{key}={value!r}: the server binds {BIND_HOST} only")
+        conf_master = conf.pop(_MASTER_CONF, None)
+        if conf_master is not None:
+            conf_master = validate_master(conf_master, _MASTER_CONF)
+        if master is not None:
+            master = validate_master(master, "master")
+        if master is not None and conf_master is not None and master != conf_master:
+            raise ValueError(
+                f"the master is given twice: {master!r} and {_MASTER_CONF}={conf_master!r}"
+            )
         super().__init__(log_path=log_path, start_timeout=start_timeout, stop_grace=stop_grace)
         self._spark_home = Path(spark_home)
         self._extra_conf = conf
+        self._master = master or conf_master or DEFAULT_MASTER
+        self._python = worker_python(python)
         self._token: str | None = None
 
     # -- what it hands out --------------------------------------------------------------------
@@ -174,6 +208,21 @@ class SparkConnectServer(LocalServer):
         """PID of the server process (the JVM: ``spark-submit`` execs it), once started."""
         return super().pid
 
+    @property
+    def master(self) -> str:
+        """Where its executors run: ``local[2]``, ``local-cluster[...]``, ``spark://...``."""
+        return self._master
+
+    @property
+    def worker_python(self) -> WorkerPython:
+        """The interpreter of its Python workers (UDFs, pandas UDFs, ``foreachBatch``)."""
+        return self._python
+
+    @property
+    def spark_home(self) -> Path:
+        """The Spark distribution it runs from."""
+        return self._spark_home
+
     # -- how it runs ----------------------------------------------------------------------------
 
     def _check_runnable(self) -> None:
@@ -190,20 +239,25 @@ class SparkConnectServer(LocalServer):
             # Port 0: the OS picks a free port, read back from the log: no collision, no race.
             "spark.connect.grpc.binding.port": "0",
             "spark.ui.enabled": "false",
-            # Spark's scratch folders inside the private folder, removed with it.
+            # Spark's scratch folders inside the private folder, removed with it; there too
+            # the folder of DataFrame.checkpoint(), which has none by default.
             "spark.local.dir": str(workdir),
+            "spark.checkpoint.dir": str(workdir / "checkpoints"),
         }
-        confs.update(self._extra_conf)
+        secret = {key: value for key, value in self._extra_conf.items() if _SECRET_CONF.search(key)}
+        confs.update((key, value) for key, value in self._extra_conf.items() if key not in secret)
         confs.update(FORCED_CONF)
         command = [
             str(self._spark_home / "bin" / "spark-submit"),
             "--class",
             _SERVER_CLASS,
             "--master",
-            "local[2]",
+            self._master,
             "--driver-memory",
             "1g",
         ]
+        if secret:
+            command += ["--properties-file", str(_write_properties(workdir, secret))]
         # No primary resource (as sbin/start-connect-server.sh): the class is in jars/.
         for key, value in confs.items():
             command += ["--conf", f"{key}={value}"]
@@ -217,8 +271,12 @@ class SparkConnectServer(LocalServer):
         env["SPARK_LOCAL_IP"] = BIND_HOST
         env.pop("SPARK_LOCAL_HOSTNAME", None)
         env[TOKEN_ENV] = self.token
+        env[ENV_WORKER_PYTHON] = self._python.executable
+        if self._workdir is not None:
+            # local-cluster's workers keep their executors' folders here, not in the Spark home.
+            env["SPARK_WORKER_DIR"] = str(self._workdir / "work")
         return env
 
     def __repr__(self) -> str:
         state = f"pid={self._pid} port={self._port}" if self.running else "stopped"
-        return f"<SparkConnectServer {self._spark_home} {state}>"
+        return f"<SparkConnectServer {self._spark_home} {self._master} {state}>"

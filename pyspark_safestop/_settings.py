@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import threading
 import warnings
 from dataclasses import dataclass
 
 __all__ = [
+    "DEFAULT_MASTER",
     "DEFAULT_RELEASE_TIMEOUT",
     "ENV_ENABLED",
     "ENV_HANG_TIMEOUT",
+    "ENV_MASTER",
     "ENV_RELEASE_TIMEOUT",
     "MAX_TIMEOUT",
     "SafestopWarning",
@@ -29,8 +33,10 @@ __all__ = [
     "enabled_from_env",
     "environment_problems",
     "hang_timeout_from_env",
+    "master_from_env",
     "release_timeout_from_env",
     "validate_hang_timeout",
+    "validate_master",
     "validate_timeout",
     "warn",
 ]
@@ -40,6 +46,10 @@ logger = logging.getLogger("pyspark_safestop")
 ENV_ENABLED = "PYSPARK_SAFESTOP"
 ENV_RELEASE_TIMEOUT = "PYSPARK_SAFESTOP_RELEASE_TIMEOUT"
 ENV_HANG_TIMEOUT = "PYSPARK_SAFESTOP_HANG_TIMEOUT"
+#: The master of the local Spark servers the package starts (as ``--safestop-master``).
+ENV_MASTER = "PYSPARK_SAFESTOP_MASTER"
+#: Two task threads in the server's JVM: small test queries, and room for a concurrent one.
+DEFAULT_MASTER = "local[2]"
 
 #: Seconds allowed for the server-side ``ReleaseSession`` RPC when nothing else is configured.
 DEFAULT_RELEASE_TIMEOUT = 5.0
@@ -173,13 +183,37 @@ def hang_timeout_from_env() -> float | None:
     return seconds
 
 
+def _read_master() -> tuple[str, str | None]:
+    raw = os.environ.get(ENV_MASTER)
+    if raw is None or not raw.strip():
+        return DEFAULT_MASTER, None
+    try:
+        return validate_master(raw, ENV_MASTER), None
+    except ValueError as error:
+        return DEFAULT_MASTER, f"{error}; using {DEFAULT_MASTER}"
+
+
+def master_from_env() -> str:
+    """Return ``PYSPARK_SAFESTOP_MASTER``, or :data:`DEFAULT_MASTER`; a value
+    :func:`validate_master` refuses gives one warning and the default."""
+    master, problem = _read_master()
+    if problem is not None:
+        _warn_once(ENV_MASTER, os.environ.get(ENV_MASTER, ""), problem)
+    return master
+
+
 def environment_problems() -> list[str]:
     """Return a message for each environment variable whose value is replaced by a default.
 
     Nothing is warned: this is for reports (pytest's header, ``doctor``), which show the
     problem however warnings and logging are configured.
     """
-    found = (_read_enabled()[1], _read_release_timeout()[1], _read_hang_timeout()[1])
+    found = (
+        _read_enabled()[1],
+        _read_release_timeout()[1],
+        _read_hang_timeout()[1],
+        _read_master()[1],
+    )
     return [problem for problem in found if problem is not None]
 
 
@@ -218,3 +252,55 @@ def validate_hang_timeout(value: object, name: str = "hang_timeout") -> float | 
     if not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0:
         return None
     return validate_timeout(value, name)
+
+
+_LOCAL_MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?")
+_LOCAL_CLUSTER = re.compile(r"local-cluster\[([1-9]\d*),([1-9]\d*),([1-9]\d*)\]")
+_STANDALONE = re.compile(r"spark://([^/\s:,]+|\[[0-9a-fA-F:]+\]):([1-9]\d{0,4})")
+
+
+def _on_this_machine(host: str) -> bool:
+    """Whether ``host`` names this machine: its executors can then reach a driver on loopback."""
+    import psutil
+
+    try:
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host.strip("[]"), None)}
+    except (OSError, UnicodeError):
+        return False
+    local = {
+        address.address.split("%", 1)[0]
+        for nic in psutil.net_if_addrs().values()
+        for address in nic
+        if address.family in (socket.AF_INET, socket.AF_INET6)
+    }
+    return bool(addresses) and all(
+        address in local or address.startswith("127.") or address == "::1" for address in addresses
+    )
+
+
+def validate_master(value: object, name: str = "master") -> str:
+    """Return ``value`` as the master of a local Spark server, or raise ``ValueError`` naming
+    ``name`` (the parameter, option or variable) and the value.
+
+    Accepted: ``local``, ``local[N]``, ``local[*]``, ``local[N,F]``; ``local-cluster[N,C,M]``
+    (N executors of C cores and M MiB, each a JVM of its own); ``spark://HOST:PORT`` of a
+    standalone cluster whose workers run on this machine. The server's driver listens on
+    loopback only, which executors elsewhere cannot reach: for a remote cluster, run a Spark
+    Connect server there and give the fixtures its URL (``--safestop-remote``).
+    """
+    master = value.strip() if isinstance(value, str) else ""
+    if _LOCAL_MASTER.fullmatch(master) or _LOCAL_CLUSTER.fullmatch(master):
+        return master
+    standalone = _STANDALONE.fullmatch(master)
+    if standalone:
+        if not _on_this_machine(standalone.group(1)):
+            raise ValueError(
+                f"{name}={master!r}: the server's driver listens on 127.0.0.1, which the "
+                f"workers of {standalone.group(1)} cannot reach; run a Spark Connect server on "
+                "that cluster and use --safestop-remote instead"
+            )
+        return master
+    raise ValueError(
+        f"{name} must be local, local[N], local[*], local-cluster[N,CORES,MEMORY_MB] or "
+        f"spark://HOST:PORT (a standalone cluster on this machine), got {_shown(value)}"
+    )

@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 from . import _doctor, _serve, ports
-from ._engines import ENGINES, EngineUnavailable, engine_from_env, make_server
+from ._engines import ENGINES, EngineUnavailable, engine_from_env, make_server, master_for
 from ._local_server import LocalServer
 from ._sail import NO_AUTH_NOTICE
 from .ports._checks import check_timeout, parse_port
@@ -263,6 +263,14 @@ def _add_serve(subparsers: _Subparsers) -> None:
         "PYSPARK_SAFESTOP_SPARK_HOME, the installed pyspark, SPARK_HOME)",
     )
     parser.add_argument(
+        "--master",
+        metavar="MASTER",
+        default=None,
+        help="where the Spark server's executors run: local[N], local-cluster[N,CORES,MB] or "
+        "spark://HOST:PORT of a standalone cluster on this machine (default: "
+        "PYSPARK_SAFESTOP_MASTER, else local[2])",
+    )
+    parser.add_argument(
         "--conf",
         type=_conf,
         action="append",
@@ -297,6 +305,7 @@ def _serve_command(args: argparse.Namespace) -> int:
             start_timeout=args.start_timeout,
             conf=dict(args.conf),
             spark_home=args.spark_home,
+            master=args.master if args.master is not None else master_for(engine),
         )
     except EngineUnavailable as missing:
         _error("serve", f"cannot start a {engine} server: {missing}")

@@ -54,15 +54,20 @@ from ._engines import (
     describe,
     engine_from_env,
     make_server,
+    python_workers,
 )
 from ._local_server import LocalServer
 from ._probe import import_connect
 from ._server import find_spark_home
 from ._settings import (
+    DEFAULT_MASTER,
+    ENV_MASTER,
     MAX_TIMEOUT,
     SafestopWarning,
     enabled_from_env,
     environment_problems,
+    master_from_env,
+    validate_master,
     validate_timeout,
 )
 from ._shared_server import (
@@ -116,6 +121,8 @@ class PluginSettings:
     engine: str = "spark"
     #: One server for the whole run (xdist workers included), hosted by its main process.
     shared_server: bool = False
+    #: Where a Spark server's executors run (``None`` for Sail, which has no master).
+    master: str | None = DEFAULT_MASTER
 
 
 _SETTINGS = pytest.StashKey[PluginSettings]()
@@ -188,6 +195,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=ENGINES,
     )
     option(
+        "master",
+        "where the local Spark server's executors run: local[N], local-cluster[N,CORES,MB] "
+        "(executors in JVMs of their own) or spark://HOST:PORT of a standalone cluster on this "
+        f"machine (ini: safestop_master; default: {ENV_MASTER}, else {DEFAULT_MASTER})",
+        metavar="MASTER",
+    )
+    option(
         "shared-server",
         "one local server for the whole run, pytest-xdist workers included, started when a "
         "test first needs it and stopped when the run ends (ini: safestop_shared_server)",
@@ -196,6 +210,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("safestop_remote", "Spark Connect URL to use instead of a local server")
     parser.addini("safestop_engine", "engine of the local server: spark or sail")
+    parser.addini("safestop_master", "master of the local Spark server")
     parser.addini("safestop_shared_server", "one local server for the whole xdist run", type="bool")
     parser.addini("safestop_release_timeout", "seconds allowed for the release in stop()")
     parser.addini("safestop_hang_timeout", "seconds an RPC may wait for its next response")
@@ -268,6 +283,7 @@ def read_settings(config: pytest.Config) -> PluginSettings:
     shared = config.getoption("safestop_shared_server", None)
     if shared is None:
         shared = bool(config.getini("safestop_shared_server"))
+    master = _master(_raw(config, "master"), conf, engine)
     if timeout is not None:
         timeout = _seconds(timeout, "--safestop-release-timeout")
     if hang is not None:
@@ -287,7 +303,34 @@ def read_settings(config: pytest.Config) -> PluginSettings:
         require_server=bool(require),
         engine=engine,
         shared_server=bool(shared),
+        master=master,
     )
+
+
+def _master(raw: object, conf: dict[str, str], engine: str) -> str | None:
+    """The local Spark server's master: the option, else a ``spark.master`` server conf, else
+    the environment; a conf that says otherwise than the option is refused, never ignored."""
+    where = "--safestop-master / safestop_master"
+    conf_master = conf.get("spark.master")
+    if engine == "sail":
+        if raw is not None or conf_master is not None:
+            raise pytest.UsageError(f"{where}: a Sail server has no Spark master")
+        return None
+    try:
+        master = None if raw is None else validate_master(str(raw), where)
+        if conf_master is not None:
+            conf_master = validate_master(conf_master, "--safestop-server-conf spark.master")
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    if master is not None and conf_master is not None and master != conf_master:
+        raise pytest.UsageError(
+            f"the server's master is given twice: {where} {master!r} and "
+            f"--safestop-server-conf spark.master={conf_master!r}"
+        )
+    if master is None and conf_master is not None:
+        master = conf_master
+    conf.pop("spark.master", None)
+    return master if master is not None else master_from_env()
 
 
 def _shown(url: str) -> str:
@@ -306,13 +349,21 @@ def pytest_configure(config: pytest.Config) -> None:
     chosen = settings.release_timeout is not None or settings.hang_timeout is not None
     if chosen and enabled_from_env() and is_installed():
         install(release_timeout=settings.release_timeout, hang_timeout=settings.hang_timeout)
-    if _is_xdist_worker(config) and "SPARK_HOME" not in os.environ:
-        # pyspark 4.2+ takes a `python -c` main, which an xdist worker is, for a doctest run:
-        # importing its Connect client then exits unless a Spark home is found, which the thin
-        # pyspark-client distribution lacks. The server's own Spark home satisfies it.
+    if "SPARK_HOME" not in os.environ and not _pyspark_is_spark_home():
+        # The thin distributions (pyspark-client, Databricks Connect) have no Spark home, and
+        # pyspark exits (SystemExit) where it looks for one: importing pyspark.testing, and,
+        # on 4.2+, importing its Connect client under a `python -c` main, which an xdist
+        # worker is. The server's own Spark home satisfies both.
         home = find_spark_home(settings.spark_home)
         if home is not None:
             os.environ["SPARK_HOME"] = str(home)
+
+
+def _pyspark_is_spark_home() -> bool:
+    return any(
+        (Path(folder) / "bin" / "spark-submit").is_file()
+        for folder in _layouts.pyspark_package_dirs()
+    )
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -333,6 +384,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             start_timeout=settings.start_timeout,
             conf=settings.server_conf,
             spark_home=settings.spark_home,
+            master=settings.master,
         )
 
     config.stash[_HOST] = SharedServerHost(Path(base) / FOLDER_NAME, build)
@@ -398,8 +450,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines.append(f"pyspark-safestop: fixtures use {_shown(settings.remote)} (no local server)")
     elif settings is not None:
         scope = "one for the whole run" if settings.shared_server else "one per process"
-        lines.append(f"pyspark-safestop: fixtures use {describe(settings.engine)}, {scope}")
+        where = f"master {settings.master}; " if settings.master else ""
+        lines.append(
+            f"pyspark-safestop: fixtures use {describe(settings.engine)}, {scope}; {where}"
+            f"Python workers: {_workers_line(settings)}"
+        )
     return lines
+
+
+def _workers_line(settings: PluginSettings) -> str:
+    described, problems = python_workers(settings.engine, spark_home=settings.spark_home)
+    return "; ".join([described, *(f"WARNING: {problem}" for problem in problems)])
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -486,7 +547,11 @@ def _unavailable(settings: PluginSettings, reason: str) -> NoReturn:
 
 
 def _new_server(
-    settings: PluginSettings, engine: str, conf: dict[str, str], log_path: Path
+    settings: PluginSettings,
+    engine: str,
+    conf: dict[str, str],
+    log_path: Path,
+    master: str | None = None,
 ) -> LocalServer:
     try:
         return make_server(
@@ -495,6 +560,7 @@ def _new_server(
             start_timeout=settings.start_timeout,
             conf=conf,
             spark_home=settings.spark_home,
+            master=master,
         )
     except EngineUnavailable as missing:
         _unavailable(settings, str(missing))
@@ -539,7 +605,7 @@ def spark_connect_server(
             del config.stash[_SERVER]
         return
     log_path: Path = tmp_path_factory.mktemp(f"{settings.engine}-server") / "server.log"
-    server = _new_server(settings, settings.engine, settings.server_conf, log_path)
+    server = _new_server(settings, settings.engine, settings.server_conf, log_path, settings.master)
     config.stash[_SERVER] = server
     try:
         server.start()
@@ -560,15 +626,23 @@ class ServerFactory:
         self._tmp_path_factory = tmp_path_factory
         self._servers: list[LocalServer] = []
 
-    def __call__(self, engine: str = "spark", conf: dict[str, str] | None = None) -> LocalServer:
+    def __call__(
+        self,
+        engine: str = "spark",
+        conf: dict[str, str] | None = None,
+        master: str | None = None,
+    ) -> LocalServer:
         """Start a server of ``engine`` ("spark" or "sail"; ``ValueError`` naming another) with
-        ``conf`` (Spark confs, or ``SAIL_*`` settings for Sail) and return it, started.
+        ``conf`` (Spark confs, or ``SAIL_*`` settings for Sail) and return it, started. A Spark
+        server's ``master`` defaults to the run's (``--safestop-master``).
 
         Skips the test (fails it with ``--safestop-require-server``) when the engine cannot run
         here."""
         check_engine(engine)
+        if master is None and engine == "spark":
+            master = self._settings.master or master_from_env()
         log_path = self._tmp_path_factory.mktemp(f"{engine}-server") / "server.log"
-        server = _new_server(self._settings, engine, dict(conf or {}), log_path)
+        server = _new_server(self._settings, engine, dict(conf or {}), log_path, master)
         self._servers.append(server)
         server.start()
         return server
