@@ -25,6 +25,7 @@ from pyspark_safestop._doctor import (
     _pth_state,
     decide,
     grpc_fork_hazard,
+    suite_hazards,
 )
 from pyspark_safestop._layouts import LAYOUTS
 from tests.children import PLUGIN_ONLY, REPO_ROOT, clean_env, run_python
@@ -368,3 +369,29 @@ def test_an_unrecognised_client_with_warnings_as_errors(tmp_path: Path) -> None:
     assert json.loads(proc.stdout) == ["import", "unknown"]
     assert proc.stderr.count("log: ") == 1, proc.stderr
     assert "does not recognise; pyspark is left untouched" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("pyspark", "pandas", "pyarrow", "warns", "expected"),
+    [
+        ("4.3.0", "3.0.1", "18.0.0", True, ["pandas 3.0.1 with pyspark 4.3.0"]),
+        ("4.1.3", "3.0.0", "18.0.0", False, ["pandas 3.0.0 with pyspark 4.1.3"]),
+        ("4.4.0", "3.0.0", "18.0.0", False, []),  # says nothing against it: not known to break
+        ("4.1.3", "2.3.3", "18.0.0", False, []),
+        ("4.1.3", "2.3.3", None, False, ["no pyarrow: pandas UDFs"]),
+        ("4.1.3", None, "18.0.0", False, ["no pandas: pandas UDFs"]),
+        (None, "3.0.0", None, False, []),  # no pyspark, nothing to break
+    ],
+)
+def test_suite_hazards(
+    pyspark: str | None, pandas: str | None, pyarrow: str | None, warns: bool, expected: list[str]
+) -> None:
+    found = suite_hazards(
+        pyspark_version=pyspark,
+        pandas_version=pandas,
+        pyarrow_version=pyarrow,
+        pyspark_warns_pandas3=warns,
+    )
+    assert len(found) == len(expected), found
+    for sentence, start in zip(found, expected):
+        assert sentence.startswith(start), sentence
