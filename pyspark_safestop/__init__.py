@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from ._reachability import ServerUnreachableError
 from ._release import release_session_without_shutdown
 from ._settings import SafestopWarning
 from ._shim import activate, install, is_installed, status, uninstall
@@ -20,6 +21,7 @@ from ._watchdog import RpcHangError
 __all__ = [
     "RpcHangError",
     "SafestopWarning",
+    "ServerUnreachableError",
     "__version__",
     "install",
     "is_installed",

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 
-from . import _layouts, _sessions
+from . import _layouts, _reachability, _sessions
 from ._release import release_and_close
 from ._state import STATE
 
@@ -73,6 +73,7 @@ def _at_exit() -> None:
     if not STATE.installed:
         return
     try:
+        _reachability.stop_waiting()
         closed = close_live_sessions(STATE.settings.release_timeout)
         layout = STATE.layout
         pool = _layouts.shutdown_release_pool_nowait(layout) if layout is not None else False

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 __all__ = [
     "DEFAULT_MASTER",
     "DEFAULT_RELEASE_TIMEOUT",
+    "DEFAULT_UNREACHABLE_TIMEOUT",
     "ENV_ENABLED",
     "ENV_HANG_TIMEOUT",
     "ENV_MASTER",
     "ENV_RELEASE_TIMEOUT",
+    "ENV_UNREACHABLE_TIMEOUT",
     "MAX_TIMEOUT",
     "SafestopWarning",
     "Settings",
@@ -35,6 +37,7 @@ __all__ = [
     "hang_timeout_from_env",
     "master_from_env",
     "release_timeout_from_env",
+    "unreachable_timeout_from_env",
     "validate_hang_timeout",
     "validate_master",
     "validate_timeout",
@@ -46,6 +49,7 @@ logger = logging.getLogger("pyspark_safestop")
 ENV_ENABLED = "PYSPARK_SAFESTOP"
 ENV_RELEASE_TIMEOUT = "PYSPARK_SAFESTOP_RELEASE_TIMEOUT"
 ENV_HANG_TIMEOUT = "PYSPARK_SAFESTOP_HANG_TIMEOUT"
+ENV_UNREACHABLE_TIMEOUT = "PYSPARK_SAFESTOP_UNREACHABLE_TIMEOUT"
 #: The master of the local Spark servers the package starts (as ``--safestop-master``).
 ENV_MASTER = "PYSPARK_SAFESTOP_MASTER"
 #: Two task threads in the server's JVM: small test queries, and room for a concurrent one.
@@ -53,6 +57,11 @@ DEFAULT_MASTER = "local[2]"
 
 #: Seconds allowed for the server-side ``ReleaseSession`` RPC when nothing else is configured.
 DEFAULT_RELEASE_TIMEOUT = 5.0
+
+#: Seconds a Spark Connect server may stay unreachable before a call to it fails with
+#: ``ServerUnreachableError``: long enough for a server to restart (a JVM starts in 5-20 s),
+#: far below the client's own retries (10 minutes and more).
+DEFAULT_UNREACHABLE_TIMEOUT = 30.0
 
 #: The longest timeout accepted anywhere, in seconds (one day). No release or server start
 #: needs more, and it stays far from the limits of what the timeouts are handed to: gRPC
@@ -79,6 +88,8 @@ class Settings:
     release_timeout: float
     #: Seconds an RPC may wait for its next response before it is declared hung (None: off).
     hang_timeout: float | None = None
+    #: Seconds a server may stay unreachable before a call to it fails (None: off).
+    unreachable_timeout: float | None = DEFAULT_UNREACHABLE_TIMEOUT
 
 
 def warn(message: str, stacklevel: int = 2) -> bool:
@@ -146,6 +157,19 @@ def _read_hang_timeout() -> tuple[float | None, str | None]:
         )
 
 
+def _read_unreachable_timeout() -> tuple[float | None, str | None]:
+    raw = os.environ.get(ENV_UNREACHABLE_TIMEOUT)
+    if raw is None or not raw.strip():
+        return DEFAULT_UNREACHABLE_TIMEOUT, None
+    try:
+        return validate_hang_timeout(float(raw), ENV_UNREACHABLE_TIMEOUT), None
+    except ValueError:
+        return DEFAULT_UNREACHABLE_TIMEOUT, (
+            f"{ENV_UNREACHABLE_TIMEOUT}={raw!r} is not a number of seconds up to "
+            f"{MAX_TIMEOUT:g} (0: off); using the default, {DEFAULT_UNREACHABLE_TIMEOUT:g}"
+        )
+
+
 def enabled_from_env() -> bool:
     """Return whether ``PYSPARK_SAFESTOP`` allows the shim (unset means yes).
 
@@ -202,6 +226,15 @@ def master_from_env() -> str:
     return master
 
 
+def unreachable_timeout_from_env() -> float | None:
+    """Return ``PYSPARK_SAFESTOP_UNREACHABLE_TIMEOUT`` in seconds (``0``: off, ``None``), or
+    :data:`DEFAULT_UNREACHABLE_TIMEOUT`; a bad value gives one warning and the default."""
+    seconds, problem = _read_unreachable_timeout()
+    if problem is not None:
+        _warn_once(ENV_UNREACHABLE_TIMEOUT, os.environ.get(ENV_UNREACHABLE_TIMEOUT, ""), problem)
+    return seconds
+
+
 def environment_problems() -> list[str]:
     """Return a message for each environment variable whose value is replaced by a default.
 
@@ -212,6 +245,7 @@ def environment_problems() -> list[str]:
         _read_enabled()[1],
         _read_release_timeout()[1],
         _read_hang_timeout()[1],
+        _read_unreachable_timeout()[1],
         _read_master()[1],
     )
     return [problem for problem in found if problem is not None]

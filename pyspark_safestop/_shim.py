@@ -15,6 +15,7 @@ from ._settings import (
     enabled_from_env,
     hang_timeout_from_env,
     release_timeout_from_env,
+    unreachable_timeout_from_env,
     validate_hang_timeout,
     validate_timeout,
     warn,
@@ -31,7 +32,12 @@ _PATCHER = Patcher(ROLES, enabled=lambda: STATE.installed)
 _unknown_warned = threading.Event()
 
 
-def install(*, release_timeout: float | None = None, hang_timeout: float | None = None) -> bool:
+def install(
+    *,
+    release_timeout: float | None = None,
+    hang_timeout: float | None = None,
+    unreachable_timeout: float | None = None,
+) -> bool:
     """Activate the shim; return whether it is active after the call.
 
     Patches Spark Connect's ``SparkSession`` and ``SparkConnectClient`` at once if they are
@@ -47,6 +53,13 @@ def install(*, release_timeout: float | None = None, hang_timeout: float | None 
     that waits that many seconds for its next response is cancelled and its caller gets
     :class:`~pyspark_safestop.RpcHangError` (default: ``PYSPARK_SAFESTOP_HANG_TIMEOUT``, else
     off; ``0`` turns it off). Raises ``ValueError`` as for ``release_timeout``.
+
+    ``unreachable_timeout``: a call to a server that cannot be reached (connection refused,
+    the channel failing to connect) fails with
+    :class:`~pyspark_safestop.ServerUnreachableError` once the server has been unreachable
+    that long, instead of the client's minutes of retries; a server back within it is
+    reconnected to (default: ``PYSPARK_SAFESTOP_UNREACHABLE_TIMEOUT``, else 30; ``0``: off).
+    For the sessions created from now on. Raises ``ValueError`` as for ``release_timeout``.
     """
     seconds = (
         release_timeout_from_env()
@@ -58,11 +71,18 @@ def install(*, release_timeout: float | None = None, hang_timeout: float | None 
         if hang_timeout is None
         else validate_hang_timeout(hang_timeout, "hang_timeout")
     )
+    unreachable = (
+        unreachable_timeout_from_env()
+        if unreachable_timeout is None
+        else validate_hang_timeout(unreachable_timeout, "unreachable_timeout")
+    )
     if not enabled_from_env():
         logger.warning("install() ignored: %s disables pyspark-safestop", ENV_ENABLED)
         return False
     with LOCK:
-        STATE.settings = Settings(release_timeout=seconds, hang_timeout=hang)
+        STATE.settings = Settings(
+            release_timeout=seconds, hang_timeout=hang, unreachable_timeout=unreachable
+        )
         if STATE.installed:
             logger.debug("install(): already installed; settings updated")
             return True
@@ -152,6 +172,7 @@ def status() -> dict[str, Any]:
             "settings": {
                 "release_timeout": STATE.settings.release_timeout,
                 "hang_timeout": STATE.settings.hang_timeout,
+                "unreachable_timeout": STATE.settings.unreachable_timeout,
             },
             "live_sessions": len(_sessions.live()),
         }

@@ -6,7 +6,12 @@ import threading
 from dataclasses import dataclass, field
 
 from ._layouts import Layout
-from ._settings import Settings, hang_timeout_from_env, release_timeout_from_env
+from ._settings import (
+    Settings,
+    hang_timeout_from_env,
+    release_timeout_from_env,
+    unreachable_timeout_from_env,
+)
 
 __all__ = ["LOCK", "STATE", "State"]
 
@@ -17,7 +22,9 @@ class State:
 
     installed: bool = False
     settings: Settings = field(
-        default_factory=lambda: Settings(release_timeout_from_env(), hang_timeout_from_env())
+        default_factory=lambda: Settings(
+            release_timeout_from_env(), hang_timeout_from_env(), unreachable_timeout_from_env()
+        )
     )
     layout: Layout | None = None
     #: Why no layout is known: "not-imported" (yet) or "unknown" (structure not recognised).

@@ -33,7 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import _layouts
+from . import _layouts, _reachability
+from ._reachability import ServerUnreachableError
 
 __all__ = ["RpcHang", "RpcHangError", "hangs_since", "watch_client"]
 
@@ -217,20 +218,26 @@ class _WatchedStream:
         import grpc
 
         seconds = self._owner.timeout()
-        if seconds is None:
-            return next(self._responses)
-        self._reader = threading.current_thread().name
-        self._since = time.monotonic()
-        self.deadline = self._since + seconds
-        _MONITOR.watch(self)
         try:
-            response = next(self._responses)
-        except grpc.RpcError:
+            if seconds is None:
+                response = next(self._responses)
+            else:
+                self._reader = threading.current_thread().name
+                self._since = time.monotonic()
+                self.deadline = self._since + seconds
+                _MONITOR.watch(self)
+                try:
+                    response = next(self._responses)
+                finally:
+                    _MONITOR.unwatch(self)
+        except grpc.RpcError as error:
             if self._hang is not None:
                 raise RpcHangError(self._hang) from None
+            unreachable = self._owner.unreachable_error(error)
+            if unreachable is not None:
+                raise unreachable from None
             raise
-        finally:
-            _MONITOR.unwatch(self)
+        _reachability.reached(self._owner.address)
         if not self._operation_id:
             self._operation_id = str(getattr(response, "operation_id", "") or "")
         return response
@@ -263,9 +270,10 @@ if hasattr(os, "register_at_fork"):  # not on Windows
 
 
 class _Failed:
-    """What a unary interceptor returns for a hung call: ``result()`` raises the hang."""
+    """What a unary interceptor returns for a call it failed: ``result()`` raises the error
+    (the hang, the unreachable server)."""
 
-    def __init__(self, error: RpcHangError) -> None:
+    def __init__(self, error: Exception) -> None:
         self._error = error
 
     def result(self, timeout: float | None = None) -> Any:
@@ -310,6 +318,8 @@ class _Failed:
     def code(self) -> Any:
         import grpc
 
+        if isinstance(self._error, ServerUnreachableError):
+            return grpc.StatusCode.UNAVAILABLE
         return grpc.StatusCode.DEADLINE_EXCEEDED
 
     def details(self) -> str:
@@ -317,6 +327,8 @@ class _Failed:
 
 
 _INTERCEPTOR_CLASS: type | None = None
+#: The cleanup RPCs: a server that cannot be reached fails them at once, as it does upstream.
+_RELEASES = frozenset({"ReleaseExecute", "ReleaseSession"})
 
 
 def _interceptor_class() -> type:
@@ -341,12 +353,47 @@ def _interceptor_class() -> type:
         grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg,misc,unused-ignore]
         grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg,misc,unused-ignore]
     ):
-        def __init__(self, address: str, session_id: str, timeout: TimeoutSource) -> None:
+        def __init__(
+            self,
+            address: str,
+            session_id: str,
+            timeout: TimeoutSource,
+            unreachable: TimeoutSource,
+        ) -> None:
             self.address = address
             self.session_id = session_id
             self.timeout = timeout
+            self.unreachable = unreachable
+
+        def unreachable_error(
+            self, error: Any, until: float | None = None, method: str = ""
+        ) -> ServerUnreachableError | None:
+            """The error to raise instead of ``error``, a gRPC error, if its server cannot
+            be reached (see :mod:`._reachability`), waiting no later than ``until``. Releases
+            never wait: they are cleanup, sent from ``stop()``, the release pool and exit."""
+            if method in _RELEASES:
+                return None
+            code = getattr(error, "code", None)
+            if not callable(code) or code() != grpc.StatusCode.UNAVAILABLE:
+                return None
+            details = getattr(error, "details", None)
+            text = str(details() if callable(details) else error)
+            return _reachability.after_unavailable(self.address, text, self.unreachable(), until)
 
         def _single(self, continuation: Any, details: Any, request: Any) -> Any:
+            own = getattr(details, "timeout", None)
+            until = None if own is None else time.monotonic() + own
+            outcome = self._bounded(continuation, details, request)
+            if isinstance(outcome, _Failed):
+                return outcome
+            code = getattr(outcome, "code", None)
+            if callable(code) and code() == grpc.StatusCode.OK:
+                _reachability.reached(self.address)
+                return outcome
+            unreachable = self.unreachable_error(outcome, until, _method_name(details))
+            return outcome if unreachable is None else _Failed(unreachable)
+
+        def _bounded(self, continuation: Any, details: Any, request: Any) -> Any:
             seconds = self.timeout()
             own = getattr(details, "timeout", None)
             if seconds is None or (own is not None and own <= seconds):
@@ -375,7 +422,7 @@ def _interceptor_class() -> type:
 
         def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
             call = continuation(details, request)
-            if self.timeout() is None:
+            if self.timeout() is None and self.unreachable() is None:
                 return call
             return _WatchedStream(call, _method_name(details), request, self)
 
@@ -383,11 +430,14 @@ def _interceptor_class() -> type:
     return HangInterceptor
 
 
-def watch_client(client: Any, layout: _layouts.Layout, timeout: TimeoutSource) -> bool:
+def watch_client(
+    client: Any, layout: _layouts.Layout, timeout: TimeoutSource, unreachable: TimeoutSource
+) -> bool:
     """Route ``client``'s RPCs through the watchdog; return whether it was done now.
 
-    ``timeout`` is asked at every call, so a later change of the setting applies to this
-    client too (``None``: calls pass through untouched).
+    ``timeout`` (the hang timeout) and ``unreachable`` (see :mod:`._reachability`) are asked
+    at every call, so a later change of the settings applies to this client too (both
+    ``None``: calls pass through untouched).
     """
     import grpc
 
@@ -395,7 +445,10 @@ def watch_client(client: Any, layout: _layouts.Layout, timeout: TimeoutSource) -
     if getattr(client, "_safestop_watched", False):
         return False
     interceptor = interceptor_class(
-        _layouts.server_address(client), str(getattr(client, "_session_id", "")), timeout
+        _layouts.server_address(client),
+        str(getattr(client, "_session_id", "")),
+        timeout,
+        unreachable,
     )
     channel = grpc.intercept_channel(client._channel, interceptor)
     _layouts.replace_channel(client, layout, channel)

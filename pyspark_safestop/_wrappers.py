@@ -25,18 +25,26 @@ def track_session(
     wrapped: _Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``SparkSession.__init__``: remember the session (weakly) for the exit path; with a hang
-    timeout set, route its client's RPCs through the watchdog."""
+    or unreachable timeout set, route its client's RPCs through the watchdog."""
     result = wrapped(*args, **kwargs)
     if instance is not None:
         _sessions.add(instance)
-        if STATE.settings.hang_timeout is not None and STATE.layout is not None:
-            _watchdog.watch_client(instance.client, STATE.layout, _hang_timeout)
+        settings = STATE.settings
+        watched = settings.hang_timeout is not None or settings.unreachable_timeout is not None
+        if watched and STATE.layout is not None:
+            _watchdog.watch_client(
+                instance.client, STATE.layout, _hang_timeout, _unreachable_timeout
+            )
     return result
 
 
 def _hang_timeout() -> float | None:
     # Read at every call: install() may change it, and uninstall() turns the watchdog off.
     return STATE.settings.hang_timeout if STATE.installed else None
+
+
+def _unreachable_timeout() -> float | None:
+    return STATE.settings.unreachable_timeout if STATE.installed else None
 
 
 def stop(wrapped: _Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

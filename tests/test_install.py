@@ -349,4 +349,8 @@ def test_status_describes_the_line(tmp_path: Path) -> None:
     assert status["pyspark_version"] == result["version"]
     assert status["layout"] in {"3.5", "4.0", "4.1", "4.2+"}
     assert status["release_session_rpc"] is (status["layout"] != "3.5")
-    assert status["settings"] == {"release_timeout": 5.0, "hang_timeout": None}
+    assert status["settings"] == {
+        "release_timeout": 5.0,
+        "hang_timeout": None,
+        "unreachable_timeout": 30.0,
+    }
