@@ -182,6 +182,8 @@ class LocalServer:
         self._ipv6_guard: socket.socket | None = None
         self._pid: int | None = None
         self._port: int | None = None
+        #: The port to bind again at a restart (None: the OS picks one).
+        self._restart_port: int | None = None
 
     # -- what an engine provides ----------------------------------------------------------------
 
@@ -239,6 +241,19 @@ class LocalServer:
     def running(self) -> bool:
         """Whether the server is alive (its launcher exits when it does)."""
         return self._launcher is not None and self._launcher.poll() is None
+
+    def death(self) -> str | None:
+        """How a started server ended without being stopped (``"killed by SIGKILL"``,
+        ``"exited with status 1"``), or ``None`` while it runs or once stopped."""
+        if self._launcher is None:
+            return None
+        code = self._launcher.poll()
+        if code is None:
+            return None
+        # The launcher exits with the server's status, 128 + N for signal N.
+        if code > 128 and code - 128 in signal.valid_signals():
+            return f"killed by {signal.Signals(code - 128).name}"
+        return f"exited with status {code}"
 
     def log_tail(self, n: int = 80) -> str:
         """Return the last ``n`` lines of the server's log ('' when there is none)."""
@@ -321,11 +336,43 @@ class LocalServer:
                 f"{self.log_tail(_FAILURE_TAIL_LINES)}"
             ) from None
 
-    def _wait_for_port(self, t0: float) -> int:
+    def restart(self) -> None:
+        """Start again a server that died (see :meth:`death`), on the same port, with the
+        same secret: its URL stays the same. Its log goes on in the same file.
+
+        Raises ``RuntimeError`` when it was never started, is running, or cannot start again
+        (another process took its port, say); whatever interrupts it, nothing is left running.
+        """
+        if self._launcher is None or self._log_fd is None or self._port is None:
+            raise RuntimeError(f"{self._what} is not started")
+        if self._launcher.poll() is None:
+            raise RuntimeError(f"{self._what} is running")
+        t0 = time.monotonic()
+        port = self._restart_port = self._port
+        # The launcher of the dead server removed its private folder.
+        offset = os.fstat(self._log_fd).st_size
+        try:
+            self._workdir = Path(tempfile.mkdtemp(prefix="pyspark-safestop-server-"))
+            command = self._command(self._workdir)
+            logger.info("restarting %s on port %d: %s", self._what, port, " ".join(command))
+            self._pid = self._launch(command)
+            if self._wait_for_port(t0, offset) != port:
+                raise RuntimeError(f"the {self._what} did not start on its port {port} again")
+        except BaseException:
+            self.stop()
+            raise
+        logger.info(
+            "%s pid=%d listening again on %s after %.1fs",
+            self._what,
+            self._pid,
+            self.address,
+            time.monotonic() - t0,
+        )
+
+    def _wait_for_port(self, t0: float, offset: int = 0) -> int:
         assert self._launcher is not None
         assert self._log_fd is not None
         deadline = t0 + self._start_timeout
-        offset = 0
         pending = b""
         port: int | None = None
         while True:
@@ -391,6 +438,7 @@ class LocalServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
         self._port = None
+        self._restart_port = None
 
     def _forget(self) -> None:
         """In a forked child: let go of the parent's server without touching it."""

@@ -128,7 +128,8 @@ class SailServer(LocalServer):
 
     def _command(self, workdir: Path) -> list[str]:
         assert self._sail is not None
-        return [str(self._sail), "spark", "server", "--ip", BIND_HOST, "--port", "0"]
+        port = str(self._restart_port or 0)
+        return [str(self._sail), "spark", "server", "--ip", BIND_HOST, "--port", port]
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)

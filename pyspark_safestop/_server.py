@@ -237,7 +237,8 @@ class SparkConnectServer(LocalServer):
     def _command(self, workdir: Path) -> list[str]:
         confs = {
             # Port 0: the OS picks a free port, read back from the log: no collision, no race.
-            "spark.connect.grpc.binding.port": "0",
+            # A restart takes the port it had, so that its URL stays the same.
+            "spark.connect.grpc.binding.port": str(self._restart_port or 0),
             "spark.ui.enabled": "false",
             # Spark's scratch folders inside the private folder, removed with it; there too
             # the folder of DataFrame.checkpoint(), which has none by default.

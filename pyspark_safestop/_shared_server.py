@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._local_server import LocalServer
+from ._supervisor import Supervisor
 
 __all__ = [
     "FOLDER_NAME",
@@ -124,10 +125,18 @@ class SharedServerHost:
     ``make_server(log_path)`` builds the (unstarted) server; it runs in the host's thread.
     """
 
-    def __init__(self, folder: Path, make_server: Callable[[Path], LocalServer]) -> None:
-        """Watch ``folder`` (created 0700) for a request; nothing is started yet."""
+    def __init__(
+        self,
+        folder: Path,
+        make_server: Callable[[Path], LocalServer],
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        """Watch ``folder`` (created 0700) for a request; nothing is started yet. The server,
+        once started, is restarted by ``supervisor`` when it dies, on the same URL: the
+        workers' clients find it again there."""
         self.folder = _private_folder(folder)
         self._make_server = make_server
+        self._supervisor = supervisor
         self._server: LocalServer | None = None
         self._closed = threading.Event()
         self._thread = threading.Thread(
@@ -160,6 +169,8 @@ class SharedServerHost:
         if self._closed.is_set():  # the run ended while it started
             server.stop()
             return
+        if self._supervisor is not None:
+            self._supervisor.watch(server)
         shown = {
             "url": server.url,
             "engine": server.engine,
@@ -179,6 +190,8 @@ class SharedServerHost:
         with contextlib.suppress(FileNotFoundError):
             (self.folder / _SERVER).unlink()
         if self._server is not None:
+            if self._supervisor is not None:
+                self._supervisor.forget(self._server)
             self._server.stop()
 
 

@@ -77,6 +77,7 @@ from ._shared_server import (
     SharedServerHost,
     wait_for_shared_server,
 )
+from ._supervisor import MAX_RESTARTS, Supervisor
 from ._watchdog import hangs_since
 
 __all__ = [
@@ -101,6 +102,8 @@ ENV_REQUIRE_SERVER = "PYSPARK_SAFESTOP_REQUIRE_SERVER"
 ENV_REMOTE = "PYSPARK_SAFESTOP_REMOTE"
 
 DEFAULT_START_TIMEOUT = 120.0
+#: More restarts than this is a crash loop whatever the option says.
+_MAX_RESTARTS_ALLOWED = 1000
 #: Log lines attached to a failing test's report.
 LOG_TAIL_LINES = 60
 
@@ -113,6 +116,8 @@ class PluginSettings:
     release_timeout: float | None = None
     #: Seconds an RPC may wait for its next response (None: from the environment, 0: off).
     hang_timeout: float | None = None
+    #: Seconds a server may stay unreachable (None: from the environment, 0: off).
+    unreachable_timeout: float | None = None
     start_timeout: float = DEFAULT_START_TIMEOUT
     server_conf: dict[str, str] = field(default_factory=dict)
     spark_home: str | None = None
@@ -123,6 +128,8 @@ class PluginSettings:
     shared_server: bool = False
     #: Where a Spark server's executors run (``None`` for Sail, which has no master).
     master: str | None = DEFAULT_MASTER
+    #: How many times a local server that dies is started again (0: never).
+    server_restarts: int = MAX_RESTARTS
 
 
 _SETTINGS = pytest.StashKey[PluginSettings]()
@@ -130,6 +137,10 @@ _SERVER = pytest.StashKey["LocalServer | SharedServer"]()
 _HOST = pytest.StashKey[SharedServerHost]()
 #: How many hangs the watchdog had recorded when a test started, and how many were reported.
 _HANGS_SEEN = pytest.StashKey[list[int]]()
+#: Restarts the local servers this process started when they die.
+_SUPERVISOR = pytest.StashKey[Supervisor]()
+#: How many server deaths were noticed when a test started.
+_DEATHS_SEEN = pytest.StashKey[int]()
 
 
 # -- options ------------------------------------------------------------------------------------
@@ -161,6 +172,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "the call is cancelled, the test fails with RpcHangError and a report of the call "
         "(ini: safestop_hang_timeout; default: PYSPARK_SAFESTOP_HANG_TIMEOUT, else off; 0: off)",
         metavar="SECONDS",
+    )
+    option(
+        "unreachable-timeout",
+        "fail a Spark Connect call with ServerUnreachableError once its server has been "
+        "unreachable this long, instead of the client's minutes of retries (ini: "
+        "safestop_unreachable_timeout; default: PYSPARK_SAFESTOP_UNREACHABLE_TIMEOUT, else 30; "
+        "0: off)",
+        metavar="SECONDS",
+    )
+    option(
+        "server-restarts",
+        "start a local server that dies (the OOM killer, a crash) again, on the same URL, up "
+        f"to this many times (ini: safestop_server_restarts; default {MAX_RESTARTS}; 0: never)",
+        metavar="N",
     )
     option(
         "server-start-timeout",
@@ -214,7 +239,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("safestop_shared_server", "one local server for the whole xdist run", type="bool")
     parser.addini("safestop_release_timeout", "seconds allowed for the release in stop()")
     parser.addini("safestop_hang_timeout", "seconds an RPC may wait for its next response")
+    parser.addini("safestop_unreachable_timeout", "seconds a server may stay unreachable")
     parser.addini("safestop_server_start_timeout", "seconds the local server may take to start")
+    parser.addini("safestop_server_restarts", "times a local server that dies is restarted")
     parser.addini("safestop_server_conf", "extra Spark confs, KEY=VALUE per line", type="linelist")
     parser.addini("safestop_spark_home", "Spark distribution with the server jars")
     parser.addini("safestop_require_server", "fail instead of skip without a server", type="bool")
@@ -236,14 +263,14 @@ def _seconds(text: object, name: str) -> float:
         ) from None
 
 
-def _hang_seconds(text: object) -> float:
-    # 0 turns the watchdog off, also against PYSPARK_SAFESTOP_HANG_TIMEOUT.
+def _seconds_or_off(text: object, name: str) -> float:
+    # 0 turns it off, also against its environment variable.
     try:
         if float(str(text)) == 0:
             return 0.0
     except ValueError:
         pass
-    return _seconds(text, "--safestop-hang-timeout")
+    return _seconds(text, name)
 
 
 def read_settings(config: pytest.Config) -> PluginSettings:
@@ -261,6 +288,7 @@ def read_settings(config: pytest.Config) -> PluginSettings:
             )
     timeout = _raw(config, "release_timeout")
     hang = _raw(config, "hang_timeout")
+    unreachable = _raw(config, "unreachable_timeout")
     start = _raw(config, "server_start_timeout")
     conf: dict[str, str] = {}
     lines = list(config.getini("safestop_server_conf") or [])
@@ -284,10 +312,13 @@ def read_settings(config: pytest.Config) -> PluginSettings:
     if shared is None:
         shared = bool(config.getini("safestop_shared_server"))
     master = _master(_raw(config, "master"), conf, engine)
+    restarts = _raw(config, "server_restarts")
     if timeout is not None:
         timeout = _seconds(timeout, "--safestop-release-timeout")
     if hang is not None:
-        hang = _hang_seconds(hang)
+        hang = _seconds_or_off(hang, "--safestop-hang-timeout")
+    if unreachable is not None:
+        unreachable = _seconds_or_off(unreachable, "--safestop-unreachable-timeout")
     start = (
         DEFAULT_START_TIMEOUT
         if start is None
@@ -297,6 +328,7 @@ def read_settings(config: pytest.Config) -> PluginSettings:
         remote=remote,
         release_timeout=timeout,
         hang_timeout=hang,
+        unreachable_timeout=unreachable,
         start_timeout=start,
         server_conf=conf,
         spark_home=None if home is None else str(home),
@@ -304,7 +336,21 @@ def read_settings(config: pytest.Config) -> PluginSettings:
         engine=engine,
         shared_server=bool(shared),
         master=master,
+        server_restarts=MAX_RESTARTS if restarts is None else _count(restarts),
     )
+
+
+def _count(text: object) -> int:
+    where = "--safestop-server-restarts / safestop_server_restarts"
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = -1
+    if not 0 <= value <= _MAX_RESTARTS_ALLOWED:
+        raise pytest.UsageError(
+            f"{where} must be a whole number from 0 to {_MAX_RESTARTS_ALLOWED}, got {text!r}"
+        )
+    return value
 
 
 def _master(raw: object, conf: dict[str, str], engine: str) -> str | None:
@@ -343,12 +389,17 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Validate the settings; apply the release and hang timeouts to the shim."""
+    """Validate the settings; apply the timeouts to the shim; watch the servers it starts."""
     settings = read_settings(config)
     config.stash[_SETTINGS] = settings
-    chosen = settings.release_timeout is not None or settings.hang_timeout is not None
-    if chosen and enabled_from_env() and is_installed():
-        install(release_timeout=settings.release_timeout, hang_timeout=settings.hang_timeout)
+    config.stash[_SUPERVISOR] = Supervisor(settings.server_restarts)
+    timeouts = (settings.release_timeout, settings.hang_timeout, settings.unreachable_timeout)
+    if any(timeout is not None for timeout in timeouts) and enabled_from_env() and is_installed():
+        install(
+            release_timeout=settings.release_timeout,
+            hang_timeout=settings.hang_timeout,
+            unreachable_timeout=settings.unreachable_timeout,
+        )
     if "SPARK_HOME" not in os.environ and not _pyspark_is_spark_home():
         # The thin distributions (pyspark-client, Databricks Connect) have no Spark home, and
         # pyspark exits (SystemExit) where it looks for one: importing pyspark.testing, and,
@@ -387,11 +438,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             master=settings.master,
         )
 
-    config.stash[_HOST] = SharedServerHost(Path(base) / FOLDER_NAME, build)
+    config.stash[_HOST] = SharedServerHost(
+        Path(base) / FOLDER_NAME, build, config.stash[_SUPERVISOR]
+    )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop the run's shared server, when this process hosts one (also after an interrupt)."""
+    supervisor = config.stash.get(_SUPERVISOR, None)
+    if supervisor is not None:
+        supervisor.close()
     host = config.stash.get(_HOST, None)
     if host is not None:
         del config.stash[_HOST]
@@ -465,9 +521,15 @@ def _workers_line(settings: PluginSettings) -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Note how many RPC hangs were recorded before this test (its report shows the new ones)."""
+    """Note how many RPC hangs and server deaths were recorded before this test (its report
+    shows the new ones)."""
     count, _ = hangs_since(0)
     item.stash[_HANGS_SEEN] = [count]
+    supervisor = item.config.stash.get(_SUPERVISOR, None)
+    if supervisor is not None:
+        # A server that died is started again before the next test, on the same URL.
+        supervisor.settle()
+        item.stash[_DEATHS_SEEN] = len(supervisor.deaths())
 
 
 def _hang_sections(item: pytest.Item) -> list[tuple[str, str]]:
@@ -495,11 +557,36 @@ def pytest_runtest_makereport(
     report = outcome.get_result()
     if report.failed:
         report.sections.extend(_hang_sections(item))
+        report.sections.extend(_death_sections(item))
     server = item.config.stash.get(_SERVER, None)
     used = "spark_connect_server" in getattr(item, "fixturenames", ())
     if report.failed and server is not None and used:
         title = f"Spark Connect server log (tail of {server.log_path})"
         report.sections.append((title, server.log_tail(LOG_TAIL_LINES)))
+
+
+def _death_sections(item: pytest.Item) -> list[tuple[str, str]]:
+    supervisor = item.config.stash.get(_SUPERVISOR, None)
+    seen = item.stash.get(_DEATHS_SEEN, None)
+    if supervisor is None or seen is None:
+        return []
+    return [
+        ("Spark Connect server died", f"{death.describe()}\n\nIts log's tail:\n{death.log_tail}")
+        for death in supervisor.deaths(seen)
+    ]
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Say how many times the servers this process started died, and what became of them."""
+    supervisor = config.stash.get(_SUPERVISOR, None)
+    deaths = [] if supervisor is None else supervisor.deaths()
+    if not deaths:
+        return
+    restarted = sum(death.restarted for death in deaths)
+    terminalreporter.write_sep("=", "pyspark-safestop: local servers that died")
+    for death in deaths:
+        terminalreporter.write_line(death.describe())
+    terminalreporter.write_line(f"{len(deaths)} death(s), {restarted} restart(s)")
 
 
 # -- sessions -----------------------------------------------------------------------------------
@@ -607,10 +694,13 @@ def spark_connect_server(
     log_path: Path = tmp_path_factory.mktemp(f"{settings.engine}-server") / "server.log"
     server = _new_server(settings, settings.engine, settings.server_conf, log_path, settings.master)
     config.stash[_SERVER] = server
+    supervisor = config.stash[_SUPERVISOR]
     try:
         server.start()
+        supervisor.watch(server)
         yield server
     finally:
+        supervisor.forget(server)  # first: a server being stopped is no death
         server.stop()
         del config.stash[_SERVER]
 
@@ -619,11 +709,17 @@ class ServerFactory:
     """Starts local servers on demand: ``factory(engine="sail", conf={...})``; see
     :func:`spark_connect_server_factory`. Every server it started is stopped by :meth:`close`."""
 
-    def __init__(self, settings: PluginSettings, tmp_path_factory: pytest.TempPathFactory) -> None:
+    def __init__(
+        self,
+        settings: PluginSettings,
+        tmp_path_factory: pytest.TempPathFactory,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         """Servers get the plugin's start timeout and Spark home, and logs in pytest's temporary
-        folder."""
+        folder; ``supervisor`` restarts the ones that die."""
         self._settings = settings
         self._tmp_path_factory = tmp_path_factory
+        self._supervisor = supervisor
         self._servers: list[LocalServer] = []
 
     def __call__(
@@ -645,12 +741,17 @@ class ServerFactory:
         server = _new_server(self._settings, engine, dict(conf or {}), log_path, master)
         self._servers.append(server)
         server.start()
+        if self._supervisor is not None:
+            self._supervisor.watch(server)
         return server
 
     def close(self) -> None:
         """Stop every server started so far (each one, whatever happens to the others)."""
         while self._servers:
-            self._servers.pop().stop()
+            server = self._servers.pop()
+            if self._supervisor is not None:
+                self._supervisor.forget(server)
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -663,7 +764,8 @@ def spark_connect_server_factory(
     def sail_url(spark_connect_server_factory):
         return spark_connect_server_factory(engine="sail").url
     """
-    factory = ServerFactory(request.config.stash[_SETTINGS], tmp_path_factory)
+    config = request.config
+    factory = ServerFactory(config.stash[_SETTINGS], tmp_path_factory, config.stash[_SUPERVISOR])
     try:
         yield factory
     finally:

@@ -114,9 +114,9 @@ class _Worker(_Daemon):
         self._cores = cores
         self._memory_mb = memory_mb
 
-    def _wait_for_port(self, t0: float) -> int:
+    def _wait_for_port(self, t0: float, offset: int = 0) -> int:
         # Ready once registered with the master: an application then finds its executors.
-        port = super()._wait_for_port(t0)
+        port = super()._wait_for_port(t0, offset)
         while "Successfully registered with master" not in self.log_tail(200):
             if not self.running or time.monotonic() > t0 + self._start_timeout:
                 raise RuntimeError(
