@@ -329,6 +329,29 @@ class _Failed:
 _INTERCEPTOR_CLASS: type | None = None
 #: The cleanup RPCs: a server that cannot be reached fails them at once, as it does upstream.
 _RELEASES = frozenset({"ReleaseExecute", "ReleaseSession"})
+#: The kinds of ``ExecutePlan`` command a finaliser or ``close()`` sends to free server state.
+_CLEANUP_COMMANDS = frozenset({"remove_cached_remote_relation_command"})
+_CLEANUP_ML_COMMANDS = frozenset({"delete", "clean_cache"})
+
+
+def _is_cleanup(request: Any) -> bool:
+    """Whether ``request`` frees server state for a finaliser or ``close()``: removing a
+    cached relation (a checkpointed DataFrame's ``__del__``), deleting cached ML objects (a
+    model's ``__del__``, a client's close). Read from the request itself, whichever client
+    line and code path sent it."""
+    try:
+        plan = getattr(request, "plan", None)
+        if plan is None or not plan.HasField("command"):
+            return False
+        command = plan.command
+        kind = command.WhichOneof("command_type")
+        if kind in _CLEANUP_COMMANDS:
+            return True
+        return kind == "ml_command" and command.ml_command.WhichOneof("command") in (
+            _CLEANUP_ML_COMMANDS
+        )
+    except Exception:  # not a request of the shape we know
+        return False
 
 
 def _interceptor_class() -> type:
@@ -359,11 +382,13 @@ def _interceptor_class() -> type:
             session_id: str,
             timeout: TimeoutSource,
             unreachable: TimeoutSource,
+            release: TimeoutSource,
         ) -> None:
             self.address = address
             self.session_id = session_id
             self.timeout = timeout
             self.unreachable = unreachable
+            self.release = release
 
         def unreachable_error(
             self, error: Any, until: float | None = None, method: str = ""
@@ -380,7 +405,23 @@ def _interceptor_class() -> type:
             text = str(details() if callable(details) else error)
             return _reachability.after_unavailable(self.address, text, self.unreachable(), until)
 
+        def _cleanup_deadline(self, details: Any, request: Any) -> float | None:
+            """The deadline of a cleanup call (a release, a finaliser's removal of a cached
+            relation or model), which would otherwise have none: the release timeout."""
+            if _method_name(details) not in _RELEASES and not _is_cleanup(request):
+                return None
+            seconds = self.release()
+            own = getattr(details, "timeout", None)
+            if seconds is None or (own is not None and own <= seconds):
+                return None
+            return seconds
+
         def _single(self, continuation: Any, details: Any, request: Any) -> Any:
+            cleanup = self._cleanup_deadline(details, request)
+            if cleanup is not None:
+                # No hang to declare and no server to wait for: cleanup is best effort, and
+                # upstream's own retries do not retry a deadline.
+                return continuation(_Details(details, cleanup), request)
             own = getattr(details, "timeout", None)
             until = None if own is None else time.monotonic() + own
             outcome = self._bounded(continuation, details, request)
@@ -421,6 +462,9 @@ def _interceptor_class() -> type:
             return self._single(continuation, details, requests)
 
         def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            cleanup = self._cleanup_deadline(details, request)
+            if cleanup is not None:
+                return continuation(_Details(details, cleanup), request)
             call = continuation(details, request)
             if self.timeout() is None and self.unreachable() is None:
                 return call
@@ -431,13 +475,18 @@ def _interceptor_class() -> type:
 
 
 def watch_client(
-    client: Any, layout: _layouts.Layout, timeout: TimeoutSource, unreachable: TimeoutSource
+    client: Any,
+    layout: _layouts.Layout,
+    timeout: TimeoutSource,
+    unreachable: TimeoutSource,
+    release: TimeoutSource,
 ) -> bool:
     """Route ``client``'s RPCs through the watchdog; return whether it was done now.
 
     ``timeout`` (the hang timeout) and ``unreachable`` (see :mod:`._reachability`) are asked
     at every call, so a later change of the settings applies to this client too (both
-    ``None``: calls pass through untouched).
+    ``None``: calls pass through untouched, but for cleanup). ``release`` is the deadline of
+    the cleanup calls: the releases and what finalisers send to free server state.
     """
     import grpc
 
@@ -449,6 +498,7 @@ def watch_client(
         str(getattr(client, "_session_id", "")),
         timeout,
         unreachable,
+        release,
     )
     channel = grpc.intercept_channel(client._channel, interceptor)
     _layouts.replace_channel(client, layout, channel)

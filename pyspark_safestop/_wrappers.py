@@ -24,16 +24,19 @@ _Wrapped = Callable[..., Any]
 def track_session(
     wrapped: _Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """``SparkSession.__init__``: remember the session (weakly) for the exit path; with a hang
-    or unreachable timeout set, route its client's RPCs through the watchdog."""
+    """``SparkSession.__init__``: remember the session (weakly) for the exit path, and route
+    its client's RPCs through the watchdog: the hang and unreachable timeouts, and a deadline
+    for cleanup calls."""
     result = wrapped(*args, **kwargs)
     if instance is not None:
         _sessions.add(instance)
-        settings = STATE.settings
-        watched = settings.hang_timeout is not None or settings.unreachable_timeout is not None
-        if watched and STATE.layout is not None:
+        if STATE.layout is not None:
             _watchdog.watch_client(
-                instance.client, STATE.layout, _hang_timeout, _unreachable_timeout
+                instance.client,
+                STATE.layout,
+                _hang_timeout,
+                _unreachable_timeout,
+                _release_timeout,
             )
     return result
 
@@ -45,6 +48,10 @@ def _hang_timeout() -> float | None:
 
 def _unreachable_timeout() -> float | None:
     return STATE.settings.unreachable_timeout if STATE.installed else None
+
+
+def _release_timeout() -> float | None:
+    return STATE.settings.release_timeout if STATE.installed else None
 
 
 def stop(wrapped: _Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
