@@ -105,6 +105,12 @@ def all_within(name: str, key: str, bound: float, count: int = 1) -> Check:
     return check
 
 
+def collected_within(bound: float) -> Check:
+    """The collection returned within ``bound`` seconds, where the line has what it collects."""
+    within = all_within("collected", "seconds", bound)
+    return lambda run: [] if run.find("unsupported") else within(run)
+
+
 def field_is(name: str, key: str, value: Any) -> Check:
     """Event ``name`` has ``key == value``."""
 
@@ -226,6 +232,9 @@ EXIT_JOINS_WORKERS: HangSignature = ("threading._shutdown", "_python_exit", "Thr
 #: 3.5: at exit, the interpreter's final garbage collection runs an unstopped session's
 #: __del__, which closes its channel and waits for gRPC's threads, which no longer run.
 FINAL_GC_CLOSES_CHANNEL: HangSignature = ("__del__", "grpc._channel", "_close")
+#: 4.0+: a finaliser (a checkpointed DataFrame's cached relation) sends an RPC with no deadline
+#: from inside garbage collection, and the collecting thread waits for it in gRPC.
+FINALISER_WAITS: HangSignature = ("CachedRemoteRelation.__del__", "grpc._channel")
 #: Looked for in every case: where an interpreter's exit never ends.
 EXIT_HANGS = (EXIT_JOINS_WORKERS, FINAL_GC_CLOSES_CHANNEL)
 
@@ -506,6 +515,19 @@ CASES.update(
             upstream_passes_on=frozenset({"3.5", "4.2+"}),
             hangs_in=(SUBMIT_FINALISES_SESSION,),
         ),
+        "gc_checkpointed": Case(
+            "garbage collection of a checkpointed DataFrame, ExecutePlan hung",
+            "gc_checkpointed",
+            f"gc.collect() ≤ {RELEASE_TIMEOUT + STOP_BOUND:g} s (release timeout "
+            f"{RELEASE_TIMEOUT:g} s), the session works after",
+            _metric_event("collected"),
+            (collected_within(RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
+            hang=(),
+            env=_RT,
+            # 3.5 has no checkpoints over Spark Connect: nothing to collect.
+            upstream_passes_on=frozenset({"3.5"}),
+            hangs_in=(FINALISER_WAITS,),
+        ),
     }
 )
 
@@ -562,4 +584,9 @@ def run_case(
             proxy.hang(method, marker=case.marker)
         for method, seconds in case.pace:
             proxy.pace(method, seconds, marker=case.marker)
-        return go(proxy.url, {"kill-server": proxy.kill})
+        steps = {
+            "kill-server": proxy.kill,
+            "hang-execute": lambda: proxy.hang("ExecutePlan"),
+            "clear-faults": proxy.clear,
+        }
+        return go(proxy.url, steps)

@@ -422,6 +422,29 @@ def gc_inside_submit() -> None:
     _next_session_works()
 
 
+def gc_checkpointed() -> None:
+    """A DataFrame from ``localCheckpoint()`` garbage-collected while ``ExecutePlan`` hangs:
+    its finaliser sends the server an ``ExecutePlan`` that removes the cached relation (4.0+;
+    upstream gives it no deadline). Then the fault is cleared and the same session works."""
+    session = new_session(_url)
+    try:
+        frame = session.range(10).localCheckpoint()
+    except Exception as error:  # 3.5: no checkpoints over Spark Connect
+        event("unsupported", error=type(error).__name__)
+        event("next_session_ok")
+        return
+    assert frame.count() == 10
+    checkpoint("hang-execute")
+    del frame
+    started = time.monotonic()
+    gc.collect()
+    event("collected", seconds=round(time.monotonic() - started, 3))
+    checkpoint("clear-faults")
+    query(session, 5)
+    event("next_session_ok")
+    _timed_stop(session, "first")
+
+
 #: Every scenario by name.
 SCENARIOS: dict[str, Callable[[], None]] = {
     f.__name__: f
@@ -444,6 +467,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
         hung_query_in_thread,
         slow_stream,
         gc_inside_submit,
+        gc_checkpointed,
     )
 }
 
