@@ -102,7 +102,14 @@ class WorkerPython:
 #: What each kind of Python code needs in the workers' environment besides pyspark.
 NEEDS = {
     "arrow": ("pandas", "pyarrow"),
-    "connect": ("pandas", "pyarrow", "grpcio", "grpcio-status", "googleapis-common-protos"),
+    "connect": (
+        "pandas",
+        "pyarrow",
+        "grpcio",
+        "grpcio-status",
+        "googleapis-common-protos",
+        "zstandard",
+    ),
 }
 NEEDS_USE = {
     "arrow": "pandas and Arrow UDFs, UDTFs, mapInPandas and applyInPandas",

@@ -154,18 +154,20 @@ def test_functions_work_on_the_fixtures_sessions(spark_connect_url: str, tmp_pat
     ours = run_python(script, spark_connect_url, "ours", env=env, timeout=120)
     assert ours.returncode == 0, ours.stderr[-3000:]
     assert ours.stdout.split()[-1] == "10"
-    # Where the builder alone can reach the server (not 3.5's token over TLS only).
-    if _full_distribution() and not _layouts.token_needs_channel_builder():
+    # Where pyspark picks Connect or classic by the environment (the full distribution; the
+    # thin ones and Databricks Connect are Connect only) and where the builder alone can
+    # reach the server (not 3.5's token over TLS only).
+    if _mode_by_environment(env) and not _layouts.token_needs_channel_builder():
         raw = run_python(script, spark_connect_url, "raw", env=env, timeout=120)
         assert raw.returncode != 0
         assert "SESSION_OR_CONTEXT_NOT_EXISTS" in raw.stderr, raw.stderr[-3000:]
 
 
-def _full_distribution() -> bool:
-    from pyspark_safestop._layouts import pyspark_package_dirs
-
-    folders = pyspark_package_dirs()
-    return any((Path(folder) / "bin" / "spark-submit").is_file() for folder in folders)
+def _mode_by_environment(env: dict[str, str]) -> bool:
+    probe = "from pyspark.sql.utils import is_remote; print(is_remote())"
+    proc = run_python("-c", probe, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()[-1] == "False"
 
 
 @pytest.mark.server
