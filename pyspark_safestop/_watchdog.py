@@ -36,7 +36,7 @@ from typing import Any
 from . import _layouts, _reachability
 from ._reachability import ServerUnreachableError
 
-__all__ = ["RpcHang", "RpcHangError", "hangs_since", "watch_client"]
+__all__ = ["RpcHang", "RpcHangError", "hangs_since", "longest_wait", "watch_client"]
 
 logger = logging.getLogger("pyspark_safestop")
 
@@ -89,6 +89,22 @@ def _record(hang: RpcHang) -> None:
     with _hangs_lock:
         _hangs.append(hang)
     logger.warning("%s", hang.describe())
+
+
+#: The longest wait for a response seen while the watchdog was on: (seconds, method).
+_longest: list[tuple[float, str]] = [(0.0, "")]
+
+
+def _note_wait(method: str, seconds: float) -> None:
+    if seconds > _longest[0][0]:  # a rare race only loses a record, never corrupts one
+        _longest[0] = (seconds, method)
+
+
+def longest_wait() -> tuple[float, str]:
+    """The longest an RPC waited for its next response (a stream) or its response (a single
+    one) while the watchdog was on, in seconds, and its method: how close the suite came to
+    the hang timeout."""
+    return _longest[0]
 
 
 def hangs_since(index: int) -> tuple[int, list[RpcHang]]:
@@ -230,6 +246,7 @@ class _WatchedStream:
                     response = next(self._responses)
                 finally:
                     _MONITOR.unwatch(self)
+                    _note_wait(self._method, time.monotonic() - self._since)
         except grpc.RpcError as error:
             if self._hang is not None:
                 raise RpcHangError(self._hang) from None
@@ -441,6 +458,7 @@ def _interceptor_class() -> type:
                 return continuation(details, request)
             started = time.monotonic()
             outcome = continuation(_Details(details, seconds), request)
+            _note_wait(_method_name(details), time.monotonic() - started)
             code = getattr(outcome, "code", None)
             if callable(code) and code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 hang = _declare(

@@ -61,6 +61,7 @@ from ._probe import import_connect
 from ._server import find_spark_home
 from ._settings import (
     DEFAULT_MASTER,
+    ENV_HANG_TIMEOUT,
     ENV_MASTER,
     MAX_TIMEOUT,
     SafestopWarning,
@@ -78,7 +79,7 @@ from ._shared_server import (
     wait_for_shared_server,
 )
 from ._supervisor import MAX_RESTARTS, Supervisor
-from ._watchdog import hangs_since
+from ._watchdog import hangs_since, longest_wait
 
 __all__ = [
     "ENV_REMOTE",
@@ -102,6 +103,11 @@ ENV_REQUIRE_SERVER = "PYSPARK_SAFESTOP_REQUIRE_SERVER"
 ENV_REMOTE = "PYSPARK_SAFESTOP_REMOTE"
 
 DEFAULT_START_TIMEOUT = 120.0
+#: The hang watchdog's timeout under pytest when nothing sets one. A healthy call's longest
+#: wait for its next response is bounded by the server: it ends an execution's response
+#: stream after two minutes without results (spark.connect.execute.reattachable.
+#: senderMaxStreamDuration), and the client reattaches with a new call. Five times that.
+PYTEST_HANG_TIMEOUT = 600.0
 #: More restarts than this is a crash loop whatever the option says.
 _MAX_RESTARTS_ALLOWED = 1000
 #: Log lines attached to a failing test's report.
@@ -170,7 +176,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "hang-timeout",
         "declare a Spark Connect RPC hung after this many seconds without its next response: "
         "the call is cancelled, the test fails with RpcHangError and a report of the call "
-        "(ini: safestop_hang_timeout; default: PYSPARK_SAFESTOP_HANG_TIMEOUT, else off; 0: off)",
+        "(ini: safestop_hang_timeout; default: PYSPARK_SAFESTOP_HANG_TIMEOUT, else "
+        f"{PYTEST_HANG_TIMEOUT:g}; 0: off)",
         metavar="SECONDS",
     )
     option(
@@ -317,6 +324,8 @@ def read_settings(config: pytest.Config) -> PluginSettings:
         timeout = _seconds(timeout, "--safestop-release-timeout")
     if hang is not None:
         hang = _seconds_or_off(hang, "--safestop-hang-timeout")
+    elif not os.environ.get(ENV_HANG_TIMEOUT, "").strip():
+        hang = PYTEST_HANG_TIMEOUT
     if unreachable is not None:
         unreachable = _seconds_or_off(unreachable, "--safestop-unreachable-timeout")
     start = (
@@ -577,7 +586,15 @@ def _death_sections(item: pytest.Item) -> list[tuple[str, str]]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """Say how many times the servers this process started died, and what became of them."""
+    """Say how many times the servers this process started died, and what became of them;
+    with ``-v``, the longest wait for a response against the hang timeout."""
+    hang = status()["settings"]["hang_timeout"]
+    waited, method = longest_wait()
+    if config.getoption("verbose", 0) > 0 and hang is not None and method:
+        terminalreporter.write_line(
+            f"pyspark-safestop: the longest wait for a response was {waited:.1f} s "
+            f"({method}); hang watchdog {hang:g} s"
+        )
     supervisor = config.stash.get(_SUPERVISOR, None)
     deaths = [] if supervisor is None else supervisor.deaths()
     if not deaths:
