@@ -243,7 +243,7 @@ def bench(session: nox.Session) -> None:
 
 EVIDENCE = (
     "stop_latency", "chart", "fault_matrix", "resource_growth", "suite_shaped", "seed_size",
-    "watchdog",
+    "watchdog", "server_dies",
 )  # fmt: skip
 
 
@@ -282,6 +282,7 @@ def evidence(session: nox.Session) -> None:
             "--json=benchmarks/results/suite_shaped_seed_size.json",
         ],
         "watchdog": ["benchmarks/watchdog.py", *lines],
+        "server_dies": ["benchmarks/server_dies.py", *lines],
     }  # fmt: skip
     for name in EVIDENCE:
         if name in wanted:

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
+from ._launcher import REDACT_VAR
 from ._layouts import pyspark_package_dirs
 from ._local_server import BIND_HOST, LocalServer, open_private_log
 from ._settings import DEFAULT_MASTER, validate_master
@@ -272,6 +273,8 @@ class SparkConnectServer(LocalServer):
         env["SPARK_LOCAL_IP"] = BIND_HOST
         env.pop("SPARK_LOCAL_HOSTNAME", None)
         env[TOKEN_ENV] = self.token
+        # The launcher writes it as <redacted> wherever the server prints it (see there).
+        env[REDACT_VAR] = TOKEN_ENV
         env[ENV_WORKER_PYTHON] = self._python.executable
         if self._workdir is not None:
             # local-cluster's workers keep their executors' folders here, not in the Spark home.

@@ -73,7 +73,8 @@ def test_upstream_is_broken(
     case = CASES[name]
     outcome = outcomes[name, False]
     problems = case.problems(outcome)
-    if client_layout in case.upstream_passes_on:
+    # A scenario this client cannot run (no checkpoints or ML over its Connect client) says so.
+    if client_layout in case.upstream_passes_on or outcome.find("unsupported") is not None:
         assert not problems, (
             f"upstream was expected to pass on {client_layout}: {problems}\n{outcome.describe()}"
         )

@@ -37,6 +37,7 @@ from pyspark_safestop._server import (
     find_spark_home,
     open_private_log,
 )
+from pyspark_safestop._workers import worker_python
 from tests import children
 from tests.children import PLUGIN_ONLY, in_own_session, own_group, process_tree
 from tests.foreign_user import ForeignUser
@@ -168,9 +169,21 @@ def test_the_owner_runs_commands_and_a_stranger_is_refused(
 
 
 def test_the_token_is_in_no_command_line_log_environment_or_repr(
-    spark: Any, spark_connect_server: SparkConnectServer
+    spark: Any, spark_connect_server: SparkConnectServer, tmp_path: Path
 ) -> None:
     assert spark.range(3).count() == 3
+    # Spark's foreachBatch worker prints the URL it connects back with, token included.
+    printed = not worker_python().problems(find_spark_home(), "connect")
+    if printed:
+        query = (
+            spark.readStream.format("rate")
+            .load()
+            .writeStream.foreachBatch(lambda batch, batch_id: None)
+            .option("checkpointLocation", str(tmp_path / "checkpoint"))
+            .start()
+        )
+        query.processAllAvailable()
+        query.stop()
     token = spark_connect_server.token
     assert len(token) >= 22  # at least 128 bits in URL-safe base64
     assert f";token={token}" in spark_connect_server.url
@@ -180,7 +193,10 @@ def test_the_token_is_in_no_command_line_log_environment_or_repr(
         except psutil.Error:
             continue
         assert token not in command, (process.pid, process.name())
-    assert token not in spark_connect_server.log_path.read_text(errors="replace")
+    log = spark_connect_server.log_path.read_text(errors="replace")
+    assert token not in log
+    if printed:
+        assert ";token=<redacted>" in log, log[-3000:]
     assert token not in repr(spark_connect_server)
     assert token not in "\0".join(f"{k}={v}" for k, v in os.environ.items())
 
@@ -408,3 +424,23 @@ def test_a_forked_child_living_on_does_not_keep_the_server(tmp_path: Path) -> No
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(held["child"], signal.SIGKILL)  # the owner's child, started by this test
+
+
+@pytest.mark.parametrize("cut", [3, 22, 27, 31, 45])
+def test_the_launcher_redacts_a_secret_split_across_reads(cut: int) -> None:
+    from pyspark_safestop._launcher import _Redactor
+
+    source_read, source_write = os.pipe()
+    sink_read, sink_write = os.pipe()
+    redactor = _Redactor(source_read, b"s3cr3t-t0ken", sink=sink_write)
+    text = b"url sc://h:1/;token=s3cr3t-t0ken and s3cr3t-t0ken again; s3cr3"
+    for part in (text[:cut], text[cut:]):
+        os.write(source_write, part)
+        assert redactor.pump()
+    os.close(source_write)
+    assert not redactor.pump()  # end of file: what was held back is written
+    os.close(sink_write)
+    with os.fdopen(sink_read, "rb") as sink:
+        written = sink.read()
+    os.close(source_read)
+    assert written == b"url sc://h:1/;token=<redacted> and <redacted> again; s3cr3"

@@ -235,6 +235,9 @@ FINAL_GC_CLOSES_CHANNEL: HangSignature = ("__del__", "grpc._channel", "_close")
 #: 4.0+: a finaliser (a checkpointed DataFrame's cached relation) sends an RPC with no deadline
 #: from inside garbage collection, and the collecting thread waits for it in gRPC.
 FINALISER_WAITS: HangSignature = ("CachedRemoteRelation.__del__", "grpc._channel")
+#: 4.0+: a model's finaliser deletes it from the server's ML cache with no deadline (4.0:
+#: remove_ml_cache; 4.1+: _delete_ml_cache).
+MODEL_FINALISER_WAITS: HangSignature = ("_ml_cache", "grpc._channel")
 #: Looked for in every case: where an interpreter's exit never ends.
 EXIT_HANGS = (EXIT_JOINS_WORKERS, FINAL_GC_CLOSES_CHANNEL)
 
@@ -527,6 +530,19 @@ CASES.update(
             # 3.5 has no checkpoints over Spark Connect: nothing to collect.
             upstream_passes_on=frozenset({"3.5"}),
             hangs_in=(FINALISER_WAITS,),
+        ),
+        "gc_model": Case(
+            "a fitted model dropped, ExecutePlan hung",
+            "gc_model",
+            f"del + gc.collect() ≤ {RELEASE_TIMEOUT + STOP_BOUND:g} s (release timeout "
+            f"{RELEASE_TIMEOUT:g} s), the session works after",
+            _metric_event("collected"),
+            (collected_within(RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
+            hang=(),
+            env=_RT,
+            # No ML over Spark Connect: 3.5 (and Databricks Connect 16.1, built like 4.0).
+            upstream_passes_on=frozenset({"3.5"}),
+            hangs_in=(MODEL_FINALISER_WAITS,),
         ),
     }
 )

@@ -445,6 +445,37 @@ def gc_checkpointed() -> None:
     _timed_stop(session, "first")
 
 
+def gc_model() -> None:
+    """A fitted model dropped while ``ExecutePlan`` hangs: its finaliser deletes the model from
+    the server's ML cache with an ``ExecutePlan`` (4.0+; upstream gives it no deadline). Then
+    the fault is cleared and the same session works."""
+    session = new_session(_url)
+    try:
+        import pyspark.ml.util
+        from pyspark.ml.classification import LogisticRegression
+        from pyspark.ml.feature import VectorAssembler
+
+        if not hasattr(pyspark.ml.util, "try_remote_fit"):
+            raise NotImplementedError("this client's pyspark.ml does not run over Connect")
+        rows = [(float(x), float(x > 2)) for x in range(6)]
+        frame = session.createDataFrame(rows, ["x", "label"])
+        features = VectorAssembler(inputCols=["x"], outputCol="features").transform(frame)
+        model = LogisticRegression(maxIter=3).fit(features)
+    except Exception as error:  # 3.5, Databricks Connect 16.1: no ML over Spark Connect
+        event("unsupported", error=type(error).__name__)
+        event("next_session_ok")
+        return
+    checkpoint("hang-execute")
+    started = time.monotonic()
+    del model  # the last reference: its finaliser runs here, or in the collection below
+    gc.collect()
+    event("collected", seconds=round(time.monotonic() - started, 3))
+    checkpoint("clear-faults")
+    query(session, 5)
+    event("next_session_ok")
+    _timed_stop(session, "first")
+
+
 #: Every scenario by name.
 SCENARIOS: dict[str, Callable[[], None]] = {
     f.__name__: f
@@ -468,6 +499,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
         slow_stream,
         gc_inside_submit,
         gc_checkpointed,
+        gc_model,
     )
 }
 
