@@ -87,27 +87,6 @@ def test_a_secret_conf_never_reaches_the_command_line(tmp_path: Path) -> None:
     assert "spark.x=1" in command
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--safestop-master", "yarn"], "*safestop_master must be local*'yarn'*"),
-        (
-            ["--safestop-master", "local[1]", "--safestop-server-conf", "spark.master=local[2]"],
-            "*given twice: * 'local[[]1]' and --safestop-server-conf spark.master='local[[]2]'*",
-        ),
-        (["--safestop-server-conf", "spark.master=yarn"], "*spark.master must be local*"),
-        (["--safestop-engine", "sail", "--safestop-master", "local[1]"], "*Sail server has no*"),
-    ],
-)  # fmt: skip
-def test_bad_masters_are_usage_errors(
-    inner: pytest.Pytester, args: list[str], message: str
-) -> None:
-    inner.makepyfile("def test_nothing(): pass")
-    result = run_inner(inner, *args)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([message])
-
-
 # -- real masters -------------------------------------------------------------------------------
 
 UDF_ON_THE_MASTER = """

@@ -122,6 +122,15 @@ def test_remote_ini_key_and_require_server(inner: pytest.Pytester, spark_connect
         (["--safestop-release-timeout", "-1"], "*--safestop-release-timeout must be a positive*"),
         (["--safestop-server-start-timeout", "x"], "*--safestop-server-start-timeout must be*"),
         (["--safestop-server-conf", "spark.ui.enabled"], "*KEY=VALUE, got 'spark.ui.enabled'*"),
+        (["--safestop-master", "yarn"], "*safestop_master must be local*'yarn'*"),
+        (
+            ["--safestop-master", "local[1]", "--safestop-server-conf", "spark.master=local[2]"],
+            "*given twice: * 'local[[]1]' and --safestop-server-conf spark.master='local[[]2]'*",
+        ),
+        (["--safestop-server-conf", "spark.master=yarn"], "*spark.master must be local*"),
+        (["--safestop-engine", "sail", "--safestop-master", "local[1]"], "*Sail server has no*"),
+        (["--safestop-server-restarts", "-1"], "*restarts must be a whole number from 0*'-1'*"),
+        (["--safestop-unreachable-timeout", "x"], "*--safestop-unreachable-timeout must be*"),
     ],
 )
 def test_bad_options_are_usage_errors(

@@ -298,6 +298,26 @@ class Case:
 
 
 _RT = {"PYSPARK_SAFESTOP_RELEASE_TIMEOUT": f"{RELEASE_TIMEOUT:g}"}
+
+
+def _finaliser_case(title: str, scenario: str, hangs_in: HangSignature) -> Case:
+    """A finaliser's cleanup RPC while ``ExecutePlan`` hangs: the collection (and the drop of
+    the last reference) within the release timeout, and the same session working after. 3.5
+    has neither checkpoints nor ML over Spark Connect: the scenario says it cannot run."""
+    return Case(
+        title,
+        scenario,
+        f"collection ≤ {RELEASE_TIMEOUT + STOP_BOUND:g} s (release timeout "
+        f"{RELEASE_TIMEOUT:g} s), the session works after",
+        _metric_event("collected"),
+        (collected_within(RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
+        hang=(),
+        env=_RT,
+        upstream_passes_on=frozenset({"3.5"}),
+        hangs_in=(hangs_in,),
+    )
+
+
 _STOP = f"stop ≤ {STOP_BOUND:g} s"
 _STOP_RT = f"stop ≤ {RELEASE_TIMEOUT + STOP_BOUND:g} s (release timeout {RELEASE_TIMEOUT:g} s)"
 
@@ -518,31 +538,13 @@ CASES.update(
             upstream_passes_on=frozenset({"3.5", "4.2+"}),
             hangs_in=(SUBMIT_FINALISES_SESSION,),
         ),
-        "gc_checkpointed": Case(
+        "gc_checkpointed": _finaliser_case(
             "garbage collection of a checkpointed DataFrame, ExecutePlan hung",
             "gc_checkpointed",
-            f"gc.collect() ≤ {RELEASE_TIMEOUT + STOP_BOUND:g} s (release timeout "
-            f"{RELEASE_TIMEOUT:g} s), the session works after",
-            _metric_event("collected"),
-            (collected_within(RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
-            hang=(),
-            env=_RT,
-            # 3.5 has no checkpoints over Spark Connect: nothing to collect.
-            upstream_passes_on=frozenset({"3.5"}),
-            hangs_in=(FINALISER_WAITS,),
+            FINALISER_WAITS,
         ),
-        "gc_model": Case(
-            "a fitted model dropped, ExecutePlan hung",
-            "gc_model",
-            f"del + gc.collect() ≤ {RELEASE_TIMEOUT + STOP_BOUND:g} s (release timeout "
-            f"{RELEASE_TIMEOUT:g} s), the session works after",
-            _metric_event("collected"),
-            (collected_within(RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
-            hang=(),
-            env=_RT,
-            # No ML over Spark Connect: 3.5 (and Databricks Connect 16.1, built like 4.0).
-            upstream_passes_on=frozenset({"3.5"}),
-            hangs_in=(MODEL_FINALISER_WAITS,),
+        "gc_model": _finaliser_case(
+            "a fitted model dropped, ExecutePlan hung", "gc_model", MODEL_FINALISER_WAITS
         ),
     }
 )

@@ -422,21 +422,12 @@ def gc_inside_submit() -> None:
     _next_session_works()
 
 
-def gc_checkpointed() -> None:
-    """A DataFrame from ``localCheckpoint()`` garbage-collected while ``ExecutePlan`` hangs:
-    its finaliser sends the server an ``ExecutePlan`` that removes the cached relation (4.0+;
-    upstream gives it no deadline). Then the fault is cleared and the same session works."""
-    session = new_session(_url)
-    try:
-        frame = session.range(10).localCheckpoint()
-    except Exception as error:  # 3.5: no checkpoints over Spark Connect
-        event("unsupported", error=type(error).__name__)
-        event("next_session_ok")
-        return
-    assert frame.count() == 10
+def _finalised_while_execute_hangs(session: Any, held: list[Any]) -> None:
+    """Drop the last reference to what ``held`` holds while ``ExecutePlan`` hangs, and time its
+    finaliser (and a collection); then clear the fault: the same session must work."""
     checkpoint("hang-execute")
-    del frame
     started = time.monotonic()
+    held.clear()  # the finaliser runs here, or in the collection below
     gc.collect()
     event("collected", seconds=round(time.monotonic() - started, 3))
     checkpoint("clear-faults")
@@ -445,10 +436,30 @@ def gc_checkpointed() -> None:
     _timed_stop(session, "first")
 
 
+def _unsupported(error: Exception) -> None:
+    event("unsupported", error=type(error).__name__)
+    event("next_session_ok")
+
+
+def gc_checkpointed() -> None:
+    """A DataFrame from ``localCheckpoint()`` garbage-collected while ``ExecutePlan`` hangs:
+    its finaliser sends the server an ``ExecutePlan`` that removes the cached relation (4.0+;
+    upstream gives it no deadline)."""
+    session = new_session(_url)
+    try:
+        frame = session.range(10).localCheckpoint()
+    except Exception as error:  # 3.5: no checkpoints over Spark Connect
+        _unsupported(error)
+        return
+    assert frame.count() == 10
+    held = [frame]
+    del frame
+    _finalised_while_execute_hangs(session, held)
+
+
 def gc_model() -> None:
     """A fitted model dropped while ``ExecutePlan`` hangs: its finaliser deletes the model from
-    the server's ML cache with an ``ExecutePlan`` (4.0+; upstream gives it no deadline). Then
-    the fault is cleared and the same session works."""
+    the server's ML cache with an ``ExecutePlan`` (4.0+; upstream gives it no deadline)."""
     session = new_session(_url)
     try:
         import pyspark.ml.util
@@ -462,18 +473,11 @@ def gc_model() -> None:
         features = VectorAssembler(inputCols=["x"], outputCol="features").transform(frame)
         model = LogisticRegression(maxIter=3).fit(features)
     except Exception as error:  # 3.5, Databricks Connect 16.1: no ML over Spark Connect
-        event("unsupported", error=type(error).__name__)
-        event("next_session_ok")
+        _unsupported(error)
         return
-    checkpoint("hang-execute")
-    started = time.monotonic()
-    del model  # the last reference: its finaliser runs here, or in the collection below
-    gc.collect()
-    event("collected", seconds=round(time.monotonic() - started, 3))
-    checkpoint("clear-faults")
-    query(session, 5)
-    event("next_session_ok")
-    _timed_stop(session, "first")
+    held = [model]
+    del model, features, frame
+    _finalised_while_execute_hangs(session, held)
 
 
 #: Every scenario by name.
