@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import grpc
 
 from pyspark_safestop.testing._address import Upstream, hold_ipv6_loopback
+from pyspark_safestop.testing.tls import TestCertificate
 
 __all__ = ["FaultProxy"]
 
@@ -148,10 +149,16 @@ class FaultProxy:
     (hanging ones included).
     """
 
-    def __init__(self, upstream: str, *, max_workers: int = 128) -> None:
-        """Create a stopped proxy forwarding to ``upstream``; :meth:`start` or ``with``."""
+    def __init__(
+        self, upstream: str, *, max_workers: int = 128, tls: TestCertificate | None = None
+    ) -> None:
+        """Create a stopped proxy forwarding to ``upstream``; :meth:`start` or ``with``. With
+        ``tls``, clients reach it over TLS with that certificate (its :attr:`url` says
+        ``use_ssl=true``; the client's process must trust it, see :mod:`.tls`); it still
+        talks to ``upstream`` as ``upstream``'s URL says."""
         if not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")
+        self._tls = tls
         self._address = Upstream.parse(upstream)
         self._upstream = self._address.target
         self._max_workers = max_workers
@@ -184,8 +191,12 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        """The upstream URL with the proxy's port: what a client connects to."""
-        return self._address.url_at(self.port)
+        """The upstream URL with the proxy's port (and ``;use_ssl=true`` with TLS): what a
+        client connects to."""
+        url = self._address.url_at(self.port)
+        if self._tls is None:
+            return url
+        return f"{url};use_ssl=true" if "/;" in url else f"{url}/;use_ssl=true"
 
     @property
     def upstream(self) -> str:
@@ -313,7 +324,11 @@ class FaultProxy:
             )
             wanted = self._port if self._port is not None else 0
             try:
-                port = server.add_insecure_port(f"127.0.0.1:{wanted}")
+                if self._tls is None:
+                    port = server.add_insecure_port(f"127.0.0.1:{wanted}")
+                else:
+                    credentials = grpc.ssl_server_credentials([self._tls.server_credentials()])
+                    port = server.add_secure_port(f"127.0.0.1:{wanted}", credentials)
             except RuntimeError as exc:  # newer grpcio raises instead of returning 0
                 executor.shutdown(wait=False)
                 raise RuntimeError(
