@@ -300,10 +300,13 @@ class Case:
 _RT = {"PYSPARK_SAFESTOP_RELEASE_TIMEOUT": f"{RELEASE_TIMEOUT:g}"}
 
 
-def _finaliser_case(title: str, scenario: str, hangs_in: HangSignature) -> Case:
+def _finaliser_case(
+    title: str, scenario: str, hangs_in: HangSignature, passes_on: frozenset[str] = frozenset()
+) -> Case:
     """A finaliser's cleanup RPC while ``ExecutePlan`` hangs: the collection (and the drop of
     the last reference) within the release timeout, and the same session working after. 3.5
-    has neither checkpoints nor ML over Spark Connect: the scenario says it cannot run."""
+    has neither checkpoints nor ML over Spark Connect: the scenario says it cannot run; on the
+    layouts ``passes_on`` the finaliser sends nothing."""
     return Case(
         title,
         scenario,
@@ -313,7 +316,7 @@ def _finaliser_case(title: str, scenario: str, hangs_in: HangSignature) -> Case:
         (collected_within(RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
         hang=(),
         env=_RT,
-        upstream_passes_on=frozenset({"3.5"}),
+        upstream_passes_on=frozenset({"3.5"}) | passes_on,
         hangs_in=(hangs_in,),
     )
 
@@ -544,7 +547,12 @@ CASES.update(
             FINALISER_WAITS,
         ),
         "gc_model": _finaliser_case(
-            "a fitted model dropped, ExecutePlan hung", "gc_model", MODEL_FINALISER_WAITS
+            "a fitted model dropped, ExecutePlan hung",
+            "gc_model",
+            MODEL_FINALISER_WAITS,
+            # 4.0 deletes a model only if this thread cached it, which a fit does not: the
+            # model is deleted with the session instead.
+            passes_on=frozenset({"4.0"}),
         ),
     }
 )
