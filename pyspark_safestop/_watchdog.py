@@ -286,6 +286,41 @@ if hasattr(os, "register_at_fork"):  # not on Windows
 # -- single responses: a deadline --------------------------------------------------------------
 
 
+class CleanupFailed(TimeoutError):
+    """A call that frees server state (a finaliser's) failed within its deadline: it is not
+    retried (no ``grpc.RpcError``, which the client's retries and reattachments would send
+    again), and the finaliser that sent it goes on."""
+
+    def __init__(self, method: str, seconds: float, error: Any) -> None:
+        details = getattr(error, "details", None)
+        text = details() if callable(details) else str(error)
+        super().__init__(f"cleanup call {method} failed within {seconds:g} s: {text}")
+
+
+class _CleanupStream:
+    """A cleanup call's response stream whose gRPC error comes out as :class:`CleanupFailed`."""
+
+    def __init__(self, call: Any, method: str, seconds: float) -> None:
+        self._call = call
+        self._responses = call if hasattr(call, "__next__") else iter(call)
+        self._method = method
+        self._seconds = seconds
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        import grpc
+
+        try:
+            return next(self._responses)
+        except grpc.RpcError as error:
+            raise CleanupFailed(self._method, self._seconds, error) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
 class _Failed:
     """What a unary interceptor returns for a call it failed: ``result()`` raises the error
     (the hang, the unreachable server)."""
@@ -436,9 +471,12 @@ def _interceptor_class() -> type:
         def _single(self, continuation: Any, details: Any, request: Any) -> Any:
             cleanup = self._cleanup_deadline(details, request)
             if cleanup is not None:
-                # No hang to declare and no server to wait for: cleanup is best effort, and
-                # upstream's own retries do not retry a deadline.
-                return continuation(_Details(details, cleanup), request)
+                # No hang to declare and no server to wait for: cleanup is best effort.
+                outcome = continuation(_Details(details, cleanup), request)
+                code = getattr(outcome, "code", None)
+                if _is_cleanup(request) and callable(code) and code() != grpc.StatusCode.OK:
+                    return _Failed(CleanupFailed(_method_name(details), cleanup, outcome))
+                return outcome
             own = getattr(details, "timeout", None)
             until = None if own is None else time.monotonic() + own
             outcome = self._bounded(continuation, details, request)
@@ -482,7 +520,10 @@ def _interceptor_class() -> type:
         def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
             cleanup = self._cleanup_deadline(details, request)
             if cleanup is not None:
-                return continuation(_Details(details, cleanup), request)
+                call = continuation(_Details(details, cleanup), request)
+                if not _is_cleanup(request):
+                    return call
+                return _CleanupStream(call, _method_name(details), cleanup)
             call = continuation(details, request)
             if self.timeout() is None and self.unreachable() is None:
                 return call
