@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +140,19 @@ def has_name(process: psutil.Process, name: str) -> bool:
         return process.name() == name
     except psutil.Error:
         return False
+
+
+#: Spark gives a new Python worker a fixed 10 s to connect back (PythonWorkerFactory, not a
+#: setting); on a loaded machine a foreachBatch worker, which imports a whole Spark Connect
+#: client from the server's pyspark.zip, can take longer.
+WORKER_START_TIMED_OUT = "Python worker failed to connect back"
+
+
+def start_with_worker_retry(start: Callable[[], Any]) -> Any:
+    """``start()`` (a streaming query's), once more if its Python worker was too slow to start."""
+    try:
+        return start()
+    except Exception as error:
+        if WORKER_START_TIMED_OUT not in str(error):
+            raise
+    return start()

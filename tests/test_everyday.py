@@ -25,6 +25,7 @@ from pyspark.sql import types as T
 
 from pyspark_safestop._server import find_spark_home
 from pyspark_safestop._workers import worker_python
+from tests.children import start_with_worker_retry
 
 pytestmark = pytest.mark.server
 
@@ -301,14 +302,14 @@ def test_streaming_foreach_batch(spark: Any, tmp_path: Path, engine: str) -> Non
     def write(batch: Any, batch_id: int) -> None:  # runs in the server's Python worker
         batch.write.mode("append").parquet(target)
 
-    query = (
+    writer = (
         spark.readStream.schema("n long")
         .json(str(source))
         .writeStream.foreachBatch(write)
         .option("checkpointLocation", str(tmp_path / "checkpoint"))
         .trigger(availableNow=True)
-        .start()
     )
+    query = start_with_worker_retry(writer.start)
     query.awaitTermination(120)
     assert sorted(row.n for row in spark.read.parquet(target).collect()) == [1, 2]
 

@@ -175,13 +175,13 @@ def test_the_token_is_in_no_command_line_log_environment_or_repr(
     # Spark's foreachBatch worker prints the URL it connects back with, token included.
     printed = not worker_python().problems(find_spark_home(), "connect")
     if printed:
-        query = (
+        writer = (
             spark.readStream.format("rate")
             .load()
             .writeStream.foreachBatch(lambda batch, batch_id: None)
             .option("checkpointLocation", str(tmp_path / "checkpoint"))
-            .start()
         )
+        query = children.start_with_worker_retry(writer.start)
         query.processAllAvailable()
         query.stop()
     token = spark_connect_server.token
