@@ -148,11 +148,13 @@ def has_name(process: psutil.Process, name: str) -> bool:
 WORKER_START_TIMED_OUT = "Python worker failed to connect back"
 
 
-def start_with_worker_retry(start: Callable[[], Any]) -> Any:
-    """``start()`` (a streaming query's), once more if its Python worker was too slow to start."""
-    try:
-        return start()
-    except Exception as error:
-        if WORKER_START_TIMED_OUT not in str(error):
-            raise
-    return start()
+def start_with_worker_retry(start: Callable[[], Any], attempts: int = 3) -> Any:
+    """``start()`` (a streaming query's), again while its Python worker was too slow to start,
+    ``attempts`` times in all."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except Exception as error:
+            if WORKER_START_TIMED_OUT not in str(error) or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")

@@ -42,8 +42,9 @@ with connect_session(sys.argv[1]) as spark:
 """
 
 
-def _sent_while_open(tmp_path: Path, url: str, shim: bool) -> tuple[int, int]:
-    """The releases received FIRST_LOOK and SECOND_LOOK seconds after the queries."""
+def _sent_while_open(tmp_path: Path, url: str, shim: bool) -> tuple[int, int, int]:
+    """The releases received FIRST_LOOK and SECOND_LOOK seconds after the queries, and those
+    still held at the second look."""
     script = tmp_path / "client.py"
     script.write_text(CHILD)
     env = clean_env(
@@ -69,6 +70,7 @@ def _sent_while_open(tmp_path: Path, url: str, shim: bool) -> tuple[int, int]:
             first = proxy.calls("ReleaseExecute")
             time.sleep(SECOND_LOOK - FIRST_LOOK)
             second = proxy.calls("ReleaseExecute")
+            held = proxy.hung_now("ReleaseExecute")
             proxy.clear()  # let the session stop promptly, with or without the shim
             child.stdin.write("done\n")
             child.stdin.flush()
@@ -77,15 +79,18 @@ def _sent_while_open(tmp_path: Path, url: str, shim: bool) -> tuple[int, int]:
             if child.poll() is None:
                 child.kill()
                 child.wait()
-    return first, second
+    return first, second, held
 
 
 def test_upstream_hung_releases_stall_the_pool(tmp_path: Path, spark_connect_url: str) -> None:
-    first, second = _sent_while_open(tmp_path, spark_connect_url, shim=False)
+    first, second, held = _sent_while_open(tmp_path, spark_connect_url, shim=False)
     assert first >= 1
     assert second == first, "releases kept flowing with every one of them hung"
+    assert held >= 1
 
 
 def test_the_shim_keeps_the_pool_flowing(tmp_path: Path, spark_connect_url: str) -> None:
-    first, second = _sent_while_open(tmp_path, spark_connect_url, shim=True)
-    assert second > first, (first, second)
+    first, second, held = _sent_while_open(tmp_path, spark_connect_url, shim=True)
+    # Still sending what was queued behind the held ones, or done with all of them (a line
+    # whose pool is not starved by a few): either way none is held past the release timeout.
+    assert second > first or held == 0, (first, second, held)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import pyspark_safestop
-from pyspark_safestop import RpcHangError
+from pyspark_safestop import RpcHangError, plugin
 from pyspark_safestop._watchdog import RpcHang
 from tests.children import REPO_ROOT, clean_env, own_group, run_python
 
@@ -131,6 +131,14 @@ def test_the_header_tells_the_watchdog_setting(tmp_path: Path, proxy: FaultProxy
     result = _run_suite(tmp_path, proxy.url, "--safestop-hang-timeout=7", "-k", "test_1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "hang watchdog 7 s" in result.stdout, result.stdout
+
+
+def test_a_plain_run_has_the_watchdog_on(tmp_path: Path, proxy: FaultProxy) -> None:
+    """Nothing set: on, at the plugin's default; the run's longest wait is reported with -v."""
+    result = _run_suite(tmp_path, proxy.url, "-v", "-k", "test_1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"hang watchdog {plugin.PYTEST_HANG_TIMEOUT:g} s" in result.stdout, result.stdout
+    assert "the longest wait for a response was" in result.stdout, result.stdout
 
 
 # -- settings and the error, without a server ----------------------------------------------------
