@@ -9,7 +9,10 @@ writes its URL, token included, to a 0600 ``server.json``; every process reads i
 
 - a worker that crashes, or is SIGKILLed, takes nothing with it: the others keep the server;
 - the run's end, an interrupt included, stops it (:meth:`SharedServerHost.close`);
-- the main process SIGKILLed: the launcher sees end of file and stops the server.
+- the main process SIGKILLed: the launcher sees end of file and stops the server;
+- the server dies: the host's supervisor restarts it on the same URL and the record says so
+  (``state``: restarting, up, or dead with the reason); workers follow it before each test
+  (:meth:`SharedServer.follow`).
 
 A run in which no test needs a server starts none.
 """
@@ -27,8 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import _reachability
 from ._local_server import LocalServer
-from ._supervisor import Supervisor
+from ._supervisor import Death, Supervisor
 
 __all__ = [
     "FOLDER_NAME",
@@ -71,6 +75,24 @@ class SharedServer:
     pid: int
     port: int
     log_path: Path
+    #: The host's folder, where the record is kept up to date.
+    folder: Path
+
+    def follow(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) for a restart of the server under way to end; a
+        server given up makes this process's calls to it fail at once with the reason."""
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = _read_private(self.folder / _SERVER)
+            state = json.loads(shown) if shown is not None else {}
+            if state.get("state") != "restarting" or time.monotonic() > deadline:
+                break
+            time.sleep(_POLL_SECONDS)
+        address = f"127.0.0.1:{self.port}"
+        if state.get("state") == "dead":
+            _reachability.mark_dead(address, state.get("reason", "the shared server died"))
+        elif state.get("state") == "up":
+            _reachability.mark_alive(address)
 
     def log_tail(self, n: int = 80) -> str:
         """Return the last ``n`` lines of the server's log ('' when it cannot be read)."""
@@ -169,8 +191,12 @@ class SharedServerHost:
         if self._closed.is_set():  # the run ended while it started
             server.stop()
             return
+        self._publish(server, "up")
         if self._supervisor is not None:
-            self._supervisor.watch(server)
+            self._supervisor.watch(server, self._follow_death)
+        logger.info("shared %s server pid=%d on %s", server.engine, server.pid, server.address)
+
+    def _publish(self, server: LocalServer, state: str, reason: str = "") -> None:
         shown = {
             "url": server.url,
             "engine": server.engine,
@@ -178,9 +204,20 @@ class SharedServerHost:
             "pid": server.pid,
             "port": server.port,
             "log_path": str(server.log_path),
+            "state": state,
+            "reason": reason,
         }
         _write_private(self.folder / _SERVER, json.dumps(shown))
-        logger.info("shared %s server pid=%d on %s", server.engine, server.pid, server.address)
+
+    def _follow_death(self, server: LocalServer, death: Death | None) -> None:
+        if self._closed.is_set():
+            return
+        if death is None:
+            self._publish(server, "restarting")
+        elif death.restarted:
+            self._publish(server, "up")
+        else:
+            self._publish(server, "dead", death.describe())
 
     def close(self, timeout: float = 300.0) -> None:
         """Stop the server (waiting up to ``timeout`` seconds for a start in progress) and
@@ -218,6 +255,7 @@ def wait_for_shared_server(folder: Path, start_timeout: float) -> SharedServer:
                 pid=data["pid"],
                 port=data["port"],
                 log_path=Path(data["log_path"]),
+                folder=folder,
             )
         error = _read_private(folder / _ERROR)
         if error is not None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _reachability
 from ._local_server import LocalServer
 
-__all__ = ["MAX_RESTARTS", "Death", "Supervisor"]
+__all__ = ["MAX_RESTARTS", "Death", "Listener", "Supervisor"]
 
 logger = logging.getLogger("pyspark_safestop")
 
@@ -54,6 +55,11 @@ class Death:
         return f"the {self.what} at {self.address} died: {self.how}{hint}; {after}"
 
 
+#: Told of a watched server's death as it is noticed (``None``) and once it is over (the
+#: :class:`Death`: restarted or given up); called in the supervisor's thread.
+Listener = Callable[[LocalServer, "Death | None"], None]
+
+
 class Supervisor:
     """Watches servers and restarts the ones that die; see the module's description."""
 
@@ -66,15 +72,18 @@ class Supervisor:
         self._reviving = 0
         self._in_revival: set[int] = set()
         self._servers: dict[int, LocalServer] = {}
+        self._listeners: dict[int, Listener] = {}
         self._deaths: list[Death] = []
         self._given_up: dict[int, str] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def watch(self, server: LocalServer) -> None:
-        """Watch ``server`` (started) from now on."""
+    def watch(self, server: LocalServer, listener: Listener | None = None) -> None:
+        """Watch ``server`` (started) from now on; ``listener`` hears of its deaths."""
         with self._lock:
             self._servers[id(server)] = server
+            if listener is not None:
+                self._listeners[id(server)] = listener
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="pyspark-safestop-supervisor", daemon=True
@@ -87,6 +96,7 @@ class Supervisor:
         with self._lock:
             self._settled.wait_for(lambda: self._reviving == 0)
             self._servers.pop(id(server), None)
+            self._listeners.pop(id(server), None)
             self._given_up.pop(id(server), None)
 
     def deaths(self, since: int = 0) -> list[Death]:
@@ -104,6 +114,7 @@ class Supervisor:
         self._stopping.set()
         with self._lock:
             self._servers.clear()
+            self._listeners.clear()
 
     def check(self) -> None:
         """Look at every watched server now (the thread does it a few times a second)."""
@@ -139,9 +150,11 @@ class Supervisor:
             earlier = sum(1 for death in self._deaths if death.address == address)
             self._in_revival.add(id(server))
             self._reviving += 1
+            listener = self._listeners.get(id(server))
         try:
             _reachability.mark_dead(address, f"the {what} died: {how}")
-            self._restart(
+            self._tell(listener, server, None)
+            death = self._restart(
                 server,
                 address=address,
                 what=what,
@@ -150,6 +163,7 @@ class Supervisor:
                 noticed=noticed,
                 earlier=earlier,
             )
+            self._tell(listener, server, death)
         finally:
             with self._lock:
                 self._in_revival.discard(id(server))
@@ -166,7 +180,7 @@ class Supervisor:
         tail: str,
         noticed: float,
         earlier: int,
-    ) -> None:
+    ) -> Death:
         logger.warning("the %s at %s died: %s", what, address, how)
         given_up = ""
         if earlier >= self._max_restarts:
@@ -187,3 +201,13 @@ class Supervisor:
         else:
             _reachability.mark_alive(address)
             logger.warning("%s", death.describe())
+        return death
+
+    @staticmethod
+    def _tell(listener: Listener | None, server: LocalServer, death: Death | None) -> None:
+        if listener is None:
+            return
+        try:
+            listener(server, death)
+        except Exception:
+            logger.warning("a listener of the server supervisor failed", exc_info=True)

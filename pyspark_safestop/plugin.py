@@ -78,7 +78,7 @@ from ._shared_server import (
     SharedServerHost,
     wait_for_shared_server,
 )
-from ._supervisor import MAX_RESTARTS, Supervisor
+from ._supervisor import MAX_RESTARTS, Death, Supervisor
 from ._watchdog import hangs_since, longest_wait
 
 __all__ = [
@@ -145,6 +145,9 @@ _HOST = pytest.StashKey[SharedServerHost]()
 _HANGS_SEEN = pytest.StashKey[list[int]]()
 #: Restarts the local servers this process started when they die.
 _SUPERVISOR = pytest.StashKey[Supervisor]()
+#: The deaths of the xdist workers' servers, in the controller (``pytest_testnodedown``).
+_WORKER_DEATHS = pytest.StashKey[list[dict[str, object]]]()
+_WORKER_OUTPUT_KEY = "pyspark_safestop_deaths"
 #: How many server deaths were noticed when a test started.
 _DEATHS_SEEN = pytest.StashKey[int]()
 
@@ -539,6 +542,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         # A server that died is started again before the next test, on the same URL.
         supervisor.settle()
         item.stash[_DEATHS_SEEN] = len(supervisor.deaths())
+    server = item.config.stash.get(_SERVER, None)
+    if isinstance(server, SharedServer):
+        # The host restarts the run's server; a worker waits for that here, as above.
+        server.follow(item.config.stash[_SETTINGS].start_timeout)
 
 
 def _hang_sections(item: pytest.Item) -> list[tuple[str, str]]:
@@ -596,14 +603,37 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"({method}); hang watchdog {hang:g} s"
         )
     supervisor = config.stash.get(_SUPERVISOR, None)
-    deaths = [] if supervisor is None else supervisor.deaths()
+    deaths = [] if supervisor is None else [_death_shown(d) for d in supervisor.deaths()]
+    from_workers: list[dict[str, object]] = config.stash.get(_WORKER_DEATHS, [])
+    deaths.extend(from_workers)
     if not deaths:
         return
-    restarted = sum(death.restarted for death in deaths)
+    restarted = sum(bool(death["restarted"]) for death in deaths)
     terminalreporter.write_sep("=", "pyspark-safestop: local servers that died")
     for death in deaths:
-        terminalreporter.write_line(death.describe())
+        terminalreporter.write_line(f"{death['where']}{death['described']}")
     terminalreporter.write_line(f"{len(deaths)} death(s), {restarted} restart(s)")
+
+
+def _death_shown(death: Death, where: str = "") -> dict[str, object]:
+    return {"where": where, "described": death.describe(), "restarted": death.restarted}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In an xdist worker: hand the deaths of its servers to the controller's summary."""
+    config = session.config
+    supervisor = config.stash.get(_SUPERVISOR, None)
+    if supervisor is not None and _is_xdist_worker(config):
+        worker = config.workerinput.get("workerid", "?")  # type: ignore[attr-defined]
+        shown = [_death_shown(death, f"[{worker}] ") for death in supervisor.deaths()]
+        config.workeroutput[_WORKER_OUTPUT_KEY] = shown  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """In the xdist controller: collect what a worker's servers went through."""
+    shown = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT_KEY, [])
+    node.config.stash.setdefault(_WORKER_DEATHS, []).extend(shown)
 
 
 # -- sessions -----------------------------------------------------------------------------------

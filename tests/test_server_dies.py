@@ -64,6 +64,67 @@ def test_3(spark):
 """
 
 
+CRASH_LOOP_SUITE = """
+import os
+import signal
+
+
+def _kill(server):
+    os.kill(server.pid, signal.SIGKILL)
+
+
+def test_1(spark, spark_connect_server):
+    _kill(spark_connect_server)
+    spark.range(1).collect()
+
+
+def test_2(spark, spark_connect_server):
+    _kill(spark_connect_server)
+    spark.range(1).collect()
+
+
+def test_3(spark, spark_connect_server):
+    _kill(spark_connect_server)
+    spark.range(1).collect()
+
+
+def test_4(spark):
+    spark.range(1).collect()
+
+
+def test_5(spark):
+    spark.range(1).collect()
+"""
+
+#: Two xdist workers, each with its own server; the one that runs test_2 loses its server.
+XDIST_SUITE = KILLED_SUITE.replace("def test_2_kills_the_server", "def test_2_kills_a_server")
+
+#: Two xdist workers on the run's shared server, which test_0 kills; the host restarts it and the
+#: workers follow: every later test passes.
+SHARED_SUITE = """
+import os
+import signal
+import time
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_before(spark, n):
+    assert spark.range(n).count() == n
+
+
+def test_kill(spark, spark_connect_server):
+    os.kill(spark_connect_server.pid, signal.SIGKILL)
+    spark.range(5).collect()
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_after(spark, n):
+    assert spark.range(n).count() == n
+"""
+
+
 def _child(tmp_path: Path, suite: str, *args: str, **env: str) -> tuple[list[str], dict[str, str]]:
     (tmp_path / "test_suite.py").write_text(suite)
     argv = [sys.executable, "-m", "pytest", *PLUGIN_ONLY, "-rA", "test_suite.py", *args]
@@ -147,6 +208,47 @@ def test_without_help_a_remote_server_gone_stalls_the_run(tmp_path: Path, dead_u
         tmp_path, REMOTE_SUITE, PYSPARK_SAFESTOP="0", PYSPARK_SAFESTOP_REMOTE=dead_url
     )
     assert _still_running_after(argv, env, tmp_path, STUCK_AFTER), "the run ended by itself"
+
+
+@pytest.mark.server
+@pytest.mark.engine
+def test_a_real_crash_loop_is_given_up_and_the_rest_fail_at_once(tmp_path: Path) -> None:
+    argv, env = _child(tmp_path, CRASH_LOOP_SUITE, "--safestop-server-restarts=2")
+    result = run_python(*argv[1:], cwd=tmp_path, env=env, timeout=RUN_TIMEOUT)
+    out = result.stdout
+    assert "5 failed" in out, out + result.stderr
+    assert "3 death(s), 2 restart(s)" in out, out
+    assert "NOT restarted: it died 3 times (a crash loop)" in out, out
+    # The tests after it fail, each naming the crash loop: its error, and the summary's line.
+    assert out.count("NOT restarted: it died 3 times (a crash loop); unreachable for") >= 3, out
+
+
+@pytest.mark.server
+@pytest.mark.engine
+def test_an_xdist_worker_s_server_killed_is_counted_by_the_controller(tmp_path: Path) -> None:
+    argv, env = _child(tmp_path, XDIST_SUITE, "-n", "2")
+    result = run_python(*argv[1:], cwd=tmp_path, env=env, timeout=RUN_TIMEOUT)
+    out = result.stdout
+    assert "1 failed, 3 passed" in out, out + result.stderr
+    assert "FAILED test_suite.py::test_2_kills_a_server" in out, out
+    assert "pyspark-safestop: local servers that died" in out, out
+    assert "] the Spark Connect server at 127.0.0.1:" in out, out  # named by its worker: [gwN]
+    assert "1 death(s), 1 restart(s)" in out, out
+
+
+@pytest.mark.server
+@pytest.mark.engine
+def test_the_shared_server_killed_is_restarted_and_the_workers_follow(tmp_path: Path) -> None:
+    argv, env = _child(tmp_path, SHARED_SUITE, "-n", "2", "--safestop-shared-server")
+    result = run_python(*argv[1:], cwd=tmp_path, env=env, timeout=RUN_TIMEOUT)
+    out = result.stdout
+    assert "1 death(s), 1 restart(s)" in out, out + result.stderr
+    # At most the test killing it and one running beside it on the other worker (a call in
+    # flight in the killing test may also wait for the restart and pass).
+    failed = [x for x in out.splitlines() if x.startswith("FAILED ")]
+    assert len(failed) <= 2, out
+    passed_after = [x for x in out.splitlines() if x.startswith("PASSED test_suite.py::test_after")]
+    assert len(passed_after) >= 5, out
 
 
 # -- the parts, on small stand-ins ----------------------------------------------------------------
