@@ -243,7 +243,7 @@ def bench(session: nox.Session) -> None:
 
 EVIDENCE = (
     "stop_latency", "chart", "fault_matrix", "resource_growth", "suite_shaped", "seed_size",
-    "watchdog", "server_dies",
+    "watchdog", "server_dies", "release_pool",
 )  # fmt: skip
 
 
@@ -283,6 +283,7 @@ def evidence(session: nox.Session) -> None:
         ],
         "watchdog": ["benchmarks/watchdog.py", *lines],
         "server_dies": ["benchmarks/server_dies.py", *lines],
+        "release_pool": ["benchmarks/release_pool.py", *lines],
     }  # fmt: skip
     for name in EVIDENCE:
         if name in wanted:
