@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
     # scenario runner) is imported from the work tree, not an installed copy.
     sys.path.insert(0, str(REPO))
 
-from pyspark_safestop._server import find_spark_home  # noqa: E402
+from pyspark_safestop.servers import find_spark_home  # noqa: E402
 from pyspark_safestop.testing.catalogue import WARM_UP, run_case  # noqa: E402
 from pyspark_safestop.testing.runner import Run, child_env, kill_group, run_events  # noqa: E402
 

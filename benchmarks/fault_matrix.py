@@ -39,7 +39,7 @@ from _common import (
     write_json,
 )
 
-from pyspark_safestop._server import SparkConnectServer
+from pyspark_safestop.servers import SparkConnectServer
 from pyspark_safestop.testing.catalogue import CASES, EXIT_BOUND, RELEASE_TIMEOUT, Case, run_case
 
 

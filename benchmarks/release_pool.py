@@ -22,13 +22,13 @@ from pathlib import Path
 
 from _common import benchmark_parser, child_env, prepare, print_table, write_json
 
-from pyspark_safestop._server import SparkConnectServer
+from pyspark_safestop.servers import SparkConnectServer
 from pyspark_safestop.testing.faults import FaultProxy
 
 CHILD = """
 import sys
 import pyspark_safestop  # a no-op with PYSPARK_SAFESTOP=0
-from pyspark_safestop.plugin import connect_session
+from pyspark_safestop import connect_session
 
 with connect_session(sys.argv[1]) as spark:
     for i in range(int(sys.argv[2])):

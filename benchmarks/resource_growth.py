@@ -41,7 +41,7 @@ from _common import (
     write_json,
 )
 
-from pyspark_safestop._server import SparkConnectServer
+from pyspark_safestop.servers import SparkConnectServer
 from pyspark_safestop.testing.faults import FaultProxy
 
 WORKER = Path(__file__).resolve().parent / "_growth_worker.py"

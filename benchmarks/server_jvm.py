@@ -28,7 +28,7 @@ from _common import (
     write_json,
 )
 
-from pyspark_safestop._server import find_spark_home
+from pyspark_safestop.servers import find_spark_home
 
 CONFIGURATIONS = {
     "default": "",
@@ -41,8 +41,8 @@ import json, sys, time
 
 import psutil
 
-from pyspark_safestop._server import SparkConnectServer
-from pyspark_safestop.plugin import connect_session
+from pyspark_safestop.servers import SparkConnectServer
+from pyspark_safestop import connect_session
 
 t0 = time.monotonic()
 with SparkConnectServer(sys.argv[1]) as server:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from _common import benchmark_parser, prepare, run_events
 
-from pyspark_safestop._server import SparkConnectServer
+from pyspark_safestop.servers import SparkConnectServer
 from pyspark_safestop.testing.faults import FaultProxy
 
 WORKER = Path(__file__).parent / "_stop_worker.py"

@@ -48,7 +48,7 @@ from _common import (
     write_json,
 )
 
-from pyspark_safestop._server import SparkConnectServer
+from pyspark_safestop.servers import SparkConnectServer
 from pyspark_safestop.testing.faults import FaultProxy
 
 #: Seconds one test phase (setup, call, teardown) may take before the suite's own timeout

@@ -33,7 +33,7 @@ from _common import (
 )
 from suite_shaped import TEST_TIMEOUT, generate, pyspark_folder, run_suite
 
-from pyspark_safestop._server import SparkConnectServer
+from pyspark_safestop.servers import SparkConnectServer
 
 LATENCY_WORKER = Path(__file__).with_name("_latency_worker.py")
 TARGET = 1.02

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from pyspark_safestop.servers import SparkConnectServer, find_spark_home
 from pyspark_safestop.testing.faults import FaultProxy
 
 HERE = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from pyspark_safestop.plugin import connect_session
+from pyspark_safestop import connect_session
 from pyspark_safestop.testing.faults import FaultProxy
 
 

@@ -12,21 +12,31 @@ from __future__ import annotations
 import logging
 import sys
 
-from ._reachability import ServerUnreachableError
-from ._release import release_session_without_shutdown
 from ._settings import SafestopWarning
-from ._shim import activate, install, is_installed, status, uninstall
-from ._watchdog import RpcHangError
+from .shim import (
+    RpcHangError,
+    ServerUnreachableError,
+    activate,
+    connect_session,
+    install,
+    is_installed,
+    release_session_without_shutdown,
+    status,
+    stop_safely,
+    uninstall,
+)
 
 __all__ = [
     "RpcHangError",
     "SafestopWarning",
     "ServerUnreachableError",
     "__version__",
+    "connect_session",
     "install",
     "is_installed",
     "release_session_without_shutdown",
     "status",
+    "stop_safely",
     "uninstall",
 ]
 

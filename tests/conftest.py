@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 import pyspark_safestop
-from pyspark_safestop import _engines, _layouts
+from pyspark_safestop.client import _layouts
 from pyspark_safestop.plugin import ENV_REQUIRE_SERVER
+from pyspark_safestop.servers import _engines
 from tests.bootsite import make_site_dir
 from tests.foreign_user import foreign_user
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyspark_safestop import _layouts
+from pyspark_safestop.client import _layouts
 from tests.bootsite import BOOT_DIR, HEAVY, load_boot, run
 
 boot = load_boot()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop import _layouts
+from pyspark_safestop.client import _layouts
 
 pytest.importorskip("grpc")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import pyspark_safestop
-from pyspark_safestop import _distribution, _layouts
-from pyspark_safestop._doctor import render
+from pyspark_safestop.cli._doctor import render
+from pyspark_safestop.client import _distribution, _layouts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,7 @@ def _found(site: Path, *after: Path) -> dict[str, object]:
     """What a fresh interpreter with ``site`` first on its path (``after`` behind it) finds."""
     code = (
         "import json\n"
-        "from pyspark_safestop import _distribution as d\n"
+        "from pyspark_safestop.client import _distribution as d\n"
         "print(json.dumps({'all': d.pyspark_distributions(), 'one': d.pyspark_distribution()}))\n"
     )
     env = dict(os.environ, PYSPARK_SAFESTOP="0")

@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop import _layouts
-from pyspark_safestop._doctor import (
+from pyspark_safestop.cli._doctor import (
     GRPC_FORK_ENV,
     KNOWN_PROBLEMS,
     PTH_FILE,
@@ -27,7 +26,8 @@ from pyspark_safestop._doctor import (
     grpc_fork_hazard,
     suite_hazards,
 )
-from pyspark_safestop._layouts import LAYOUTS
+from pyspark_safestop.client import _layouts
+from pyspark_safestop.client._layouts import LAYOUTS
 from tests.children import PLUGIN_ONLY, REPO_ROOT, clean_env, run_python
 
 FACTS: dict[str, Any] = {

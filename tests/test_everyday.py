@@ -23,8 +23,8 @@ from pyspark.sql import Row, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pyspark_safestop._server import find_spark_home
-from pyspark_safestop._workers import worker_python
+from pyspark_safestop.servers import find_spark_home
+from pyspark_safestop.servers._workers import worker_python
 from tests.children import WORKER_START_TIMED_OUT, start_with_worker_retry
 
 pytestmark = pytest.mark.server

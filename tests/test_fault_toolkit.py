@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop.plugin import connect_session
+from pyspark_safestop import connect_session
 from pyspark_safestop.testing.runner import parked_in
 
 grpc = pytest.importorskip("grpc")

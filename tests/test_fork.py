@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pyspark_safestop import _sessions
+from pyspark_safestop.shim import _sessions
 from tests.children import clean_env, run_python
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
@@ -58,7 +58,7 @@ def test_child_forgets_the_parents_sessions() -> None:
 LAUNCHES_WHILE_GRPC_IS_BUSY = r"""
 import json, os, sys, tempfile
 
-from pyspark_safestop._local_server import spawn_launcher
+from pyspark_safestop.servers._local import spawn_launcher
 from pyspark_safestop.testing.traffic import busy_grpc
 
 logs = tempfile.mkdtemp()

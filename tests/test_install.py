@@ -23,7 +23,7 @@ pytest.importorskip("grpc")
 # check that walks each attribute's wrapper chain (no attribute may carry two of ours).
 PRELUDE = """
 import json, sys, threading
-from pyspark_safestop._layouts import LAYOUTS
+from pyspark_safestop.client._layouts import LAYOUTS
 # Every attribute any line patches (derived from the layout table); absent ones are skipped.
 TARGETS = sorted({(t.module, t.cls, t.attribute) for layout in LAYOUTS for t in layout.targets})
 
@@ -37,7 +37,7 @@ def attrs():
     return out
 
 def safestop_layers(value):
-    from pyspark_safestop._patcher import SafestopWrapper
+    from pyspark_safestop.shim._patcher import SafestopWrapper
     layers = 0
     while value is not None:
         layers += isinstance(value, SafestopWrapper)
@@ -113,7 +113,7 @@ for heavy in ("numpy", "pandas", "pyarrow", "grpc", "google.protobuf", "wrapt"):
         pass
 
 def layers(value):
-    from pyspark_safestop._patcher import SafestopWrapper
+    from pyspark_safestop.shim._patcher import SafestopWrapper
     count = 0
     while value is not None:
         count += isinstance(value, SafestopWrapper)
@@ -130,7 +130,7 @@ def run(sequence):
     for step in sequence:
         if step == "connect":
             import pyspark.sql.connect.session  # noqa: F401
-            from pyspark_safestop import _layouts
+            from pyspark_safestop.client import _layouts
             layout = _layouts.detect_loaded()[0]
             for target in layout.targets:
                 owner = getattr(sys.modules[target.module], target.cls)
@@ -144,7 +144,7 @@ def run(sequence):
         else:
             getattr(sys.modules["pyspark_safestop"], step)()
     import pyspark_safestop
-    from pyspark_safestop import _layouts
+    from pyspark_safestop.client import _layouts
     layout = _layouts.detect_loaded()[0]
     attributes = {}
     for target in layout.targets:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop import _layouts
+from pyspark_safestop.client import _layouts
 
 proto = pytest.importorskip("pyspark.sql.connect.proto")
 needs_release_rpc = pytest.mark.skipif(

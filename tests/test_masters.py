@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pyspark_safestop._server import SparkConnectServer, find_spark_home
 from pyspark_safestop._settings import (
     DEFAULT_MASTER,
     SafestopWarning,
     master_from_env,
     validate_master,
 )
+from pyspark_safestop.servers import SparkConnectServer, find_spark_home
 from pyspark_safestop.testing.cluster import StandaloneCluster
 from tests.children import run_inner
 

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop import _layouts, plugin
-from pyspark_safestop._server import SparkConnectServer
+from pyspark_safestop import plugin
 from pyspark_safestop._settings import SafestopWarning
+from pyspark_safestop.client import _layouts
 from pyspark_safestop.plugin import connect_session
+from pyspark_safestop.servers import SparkConnectServer
 from tests.children import run_inner
 
 pytestmark = pytest.mark.server

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop import _layouts
-from pyspark_safestop._server import SparkConnectServer, find_spark_home
-from pyspark_safestop._workers import ENV_WORKER_PYTHON, server_pyspark, worker_python
+from pyspark_safestop.client import _layouts
+from pyspark_safestop.servers import SparkConnectServer, find_spark_home
+from pyspark_safestop.servers._workers import ENV_WORKER_PYTHON, server_pyspark, worker_python
 from tests.children import clean_env, run_inner, run_python
 
 
@@ -106,7 +106,7 @@ def test_udfs_fail_on_another_interpreter_and_pass_on_the_tests() -> None:
     if problems:
         pytest.skip("; ".join(problems))
     bare = _base_interpreter()
-    from pyspark_safestop.plugin import connect_session
+    from pyspark_safestop import connect_session
 
     outcomes = {}
     for name, python in (("bare", bare), ("default", None)):
@@ -128,7 +128,7 @@ FUNCTIONS_ON_A_SESSION = """
 import sys
 from pyspark.sql import functions as F
 from pyspark.sql.connect.session import SparkSession
-from pyspark_safestop.plugin import connect_session
+from pyspark_safestop import connect_session
 
 url = sys.argv[1]
 if sys.argv[2] == "raw":

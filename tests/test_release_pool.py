@@ -32,7 +32,7 @@ SECOND_LOOK = FIRST_LOOK + 3 * RELEASE_TIMEOUT
 CHILD = """
 import sys
 import pyspark_safestop  # a no-op with PYSPARK_SAFESTOP=0
-from pyspark_safestop.plugin import connect_session
+from pyspark_safestop import connect_session
 
 with connect_session(sys.argv[1]) as spark:
     for _ in range(10):

@@ -17,9 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pyspark_safestop import _engines
-from pyspark_safestop._sail import NO_AUTH_NOTICE, find_sail
 from pyspark_safestop._settings import SafestopWarning
+from pyspark_safestop.servers import NO_AUTH_NOTICE, _engines, find_sail
 from tests.children import clean_env, has_name, in_own_session, run_inner, server_processes
 
 # Server-side behaviour, the same whatever the client line: run on one line (noxfile.py).
@@ -122,7 +121,7 @@ def test_a_missing_sail_skips_or_fails_with_its_reason(
 
 DIFFERENTIAL = """
 import pytest
-from pyspark_safestop.plugin import connect_session
+from pyspark_safestop import connect_session
 
 def test_both(spark_connect_server_factory):
     spark_server = spark_connect_server_factory(engine="spark")

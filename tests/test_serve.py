@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pyspark_safestop._server import find_spark_home
+from pyspark_safestop.servers import find_spark_home
 from tests.children import clean_env, has_name, in_own_session, run_python, server_processes
 
 # The command's behaviour is the same whatever the client line: run on one line (noxfile.py).

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop import ServerUnreachableError, _reachability
-from pyspark_safestop._supervisor import Supervisor
+from pyspark_safestop import ServerUnreachableError
+from pyspark_safestop.servers._supervisor import Supervisor
+from pyspark_safestop.shim import _reachability
 from tests.children import PLUGIN_ONLY, clean_env, in_own_session, run_python
 
 #: A run that should finish: start-up, a server start and a restart, a few queries.

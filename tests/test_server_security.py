@@ -30,14 +30,15 @@ from typing import Any
 import psutil
 import pytest
 
-from pyspark_safestop import _layouts
-from pyspark_safestop._sail import SailServer, find_sail
-from pyspark_safestop._server import (
+from pyspark_safestop.client import _layouts
+from pyspark_safestop.servers import (
+    SailServer,
     SparkConnectServer,
+    find_sail,
     find_spark_home,
-    open_private_log,
 )
-from pyspark_safestop._workers import worker_python
+from pyspark_safestop.servers._local import open_private_log
+from pyspark_safestop.servers._workers import worker_python
 from tests import children
 from tests.children import PLUGIN_ONLY, in_own_session, own_group, process_tree
 from tests.foreign_user import ForeignUser
@@ -399,7 +400,7 @@ def test_sigkill_of_a_pytest_process_holding_the_fixture_leaves_no_server(
 FORKING_OWNER = """
 import json, os, signal, sys, time
 
-from pyspark_safestop._server import SparkConnectServer, find_spark_home
+from pyspark_safestop.servers import SparkConnectServer, find_spark_home
 
 server = SparkConnectServer(find_spark_home()).start()
 child = os.fork()
@@ -436,7 +437,7 @@ def test_a_forked_child_living_on_does_not_keep_the_server(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("cut", [3, 22, 27, 31, 45])
 def test_the_launcher_redacts_a_secret_split_across_reads(cut: int) -> None:
-    from pyspark_safestop._launcher import _Redactor
+    from pyspark_safestop.servers._launcher import _Redactor
 
     source_read, source_write = os.pipe()
     sink_read, sink_write = os.pipe()

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pyspark_safestop._sail import find_sail
+from pyspark_safestop.servers import find_sail
 from tests import children
 from tests.children import PLUGIN_ONLY, own_group, run_python
 

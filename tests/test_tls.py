@@ -35,7 +35,7 @@ import pyspark_safestop
 
 mode, url, MARKER, BOUND = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 pyspark_safestop.install(hang_timeout=BOUND, unreachable_timeout=BOUND)
-from pyspark_safestop.plugin import connect_session
+from pyspark_safestop import connect_session
 
 
 def attempt(action):

@@ -21,7 +21,7 @@ import pytest
 
 import pyspark_safestop
 from pyspark_safestop import RpcHangError, plugin
-from pyspark_safestop._watchdog import RpcHang
+from pyspark_safestop.shim._watchdog import RpcHang
 from tests.children import REPO_ROOT, clean_env, own_group, run_python
 
 pytest.importorskip("grpc")

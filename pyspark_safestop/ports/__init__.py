@@ -42,6 +42,9 @@ Ending listeners
     and ``kill()``. A process is never reaped: it may be the caller's child, whose exit status
     its ``subprocess.Popen`` is waiting for.
 
+:func:`hold_ipv6_loopback` holds ``[::1]:PORT`` for a server listening on ``127.0.0.1:PORT``, so
+that a client of ``localhost`` that tries IPv6 first meets no one else's listener there.
+
 :func:`register_cleanup` ends a server the process started (by port or by PID) when the
 process exits normally or on SIGTERM or SIGINT, and then hands the signal on to the handler
 that was installed before.
@@ -52,6 +55,7 @@ from __future__ import annotations
 from ._allocation import (
     allocate_free_port,
     ephemeral_port_range,
+    hold_ipv6_loopback,
     is_port_free,
     leased_port,
     leased_ports,
@@ -79,6 +83,7 @@ __all__ = [
     "UnexpectedProcessError",
     "allocate_free_port",
     "ephemeral_port_range",
+    "hold_ipv6_loopback",
     "is_port_free",
     "kill_process_on_port",
     "lease_directory",

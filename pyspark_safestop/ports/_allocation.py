@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -327,3 +328,27 @@ def port_from_env(name: str, *, default: int | None = None, host: str = "127.0.0
     if default is not None:
         return default
     return allocate_free_port(host)
+
+
+def hold_ipv6_loopback(port: int) -> socket.socket | None:
+    """Hold ``[::1]:PORT`` (bound, never listening) so that no one else can listen there.
+
+    gRPC may try ``[::1]`` first for ``localhost``: a listener of another user there would
+    receive the token (or the queries). Returns ``None`` where IPv6 loopback does not exist (no
+    one can listen there either); raises ``RuntimeError`` when another process already holds it.
+    """
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        return None
+    try:
+        sock.bind(("::1", port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise RuntimeError(
+                f"another process holds [::1]:{port}, where clients of localhost:{port} may "
+                "connect: the server is not handed out"
+            ) from None
+        return None
+    return sock

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 # The server's own guard: a client of localhost may try [::1] first and would send its token
 # to whoever listens there.
-from pyspark_safestop._local_server import _reserve_ipv6_loopback as hold_ipv6_loopback
+from pyspark_safestop.ports import hold_ipv6_loopback
 
 __all__ = ["Upstream", "hold_ipv6_loopback"]
 

@@ -115,7 +115,7 @@ def start_watchdog(quiet: float) -> None:
 def new_session(url: str) -> Any:
     """A new Spark Connect session on ``url`` (``create()``: it becomes the default one); a
     ``;token=`` in the URL is sent on every client line."""
-    from pyspark_safestop import _layouts
+    from pyspark_safestop.client import _layouts
 
     return _layouts.session_builder(url).create()
 

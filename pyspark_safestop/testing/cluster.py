@@ -2,7 +2,7 @@
 
 :class:`StandaloneCluster` starts a standalone master and one worker from a Spark distribution
 (``spark-class org.apache.spark.deploy.master.Master`` / ``...worker.Worker``), as a cluster
-would run them, with what the package's own servers get (:mod:`pyspark_safestop._local_server`):
+would run them, with what the package's own servers get (:mod:`pyspark_safestop.servers._local`):
 loopback only (the OS picks every port; the web UIs on 127.0.0.1, with no kill links and no
 decommissioning), private 0700 working folders (the worker's executors run there), and
 launchers that stop both when their owner dies, SIGKILL included. The cluster checks a fresh
@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
-from .._local_server import BIND_HOST, LocalServer
+from ..servers import BIND_HOST, LocalServer
 
 __all__ = ["StandaloneCluster"]
 

@@ -23,7 +23,7 @@ def test_import_first_is_credited_and_never_wraps_twice(site_dir: Path) -> None:
         process_site(); with_pyspark()
         import pyspark_safestop
         import pyspark.sql.connect.session
-        from pyspark_safestop._patcher import SafestopWrapper
+        from pyspark_safestop.shim._patcher import SafestopWrapper
         from pyspark.sql.connect.session import SparkSession
         layers, value = 0, vars(SparkSession)["stop"]
         while value is not None:

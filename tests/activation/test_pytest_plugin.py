@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import pyspark_safestop
-from pyspark_safestop.plugin import connect_session
+from pyspark_safestop import connect_session
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -45,21 +45,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from . import __version__, _layouts, install, is_installed, release_session_without_shutdown, status
-from ._engines import (
-    ENGINES,
-    ENV_ENGINE,
-    EngineUnavailable,
-    check_engine,
-    describe,
-    engine_from_env,
-    make_server,
-    python_workers,
-)
-from ._local_server import LocalServer
-from ._probe import import_connect
-from ._server import find_spark_home
-from ._settings import (
+from .. import __version__, connect_session, install, is_installed, status, stop_safely
+from .._settings import (
     DEFAULT_MASTER,
     ENV_HANG_TIMEOUT,
     ENV_MASTER,
@@ -71,15 +58,29 @@ from ._settings import (
     validate_master,
     validate_timeout,
 )
-from ._shared_server import (
+from ..client import _layouts
+from ..client._probe import import_connect
+from ..servers._engines import (
+    ENGINES,
+    ENV_ENGINE,
+    EngineUnavailable,
+    check_engine,
+    describe,
+    engine_from_env,
+    make_server,
+    python_workers,
+)
+from ..servers._local import LocalServer
+from ..servers._shared import (
     FOLDER_NAME,
     SharedServer,
     SharedServerFailed,
     SharedServerHost,
     wait_for_shared_server,
 )
-from ._supervisor import MAX_RESTARTS, Death, Supervisor
-from ._watchdog import hangs_since, longest_wait
+from ..servers._spark import find_spark_home
+from ..servers._supervisor import MAX_RESTARTS, Death, Supervisor
+from ..shim._watchdog import hangs_since, longest_wait
 
 __all__ = [
     "ENV_REMOTE",
@@ -636,41 +637,6 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     node.config.stash.setdefault(_WORKER_DEATHS, []).extend(shown)
 
 
-# -- sessions -----------------------------------------------------------------------------------
-
-
-def stop_safely(session: Any) -> None:
-    """Stop a Spark Connect session without risking the hang.
-
-    With the shim active this is ``session.stop()``; with it off, the session is released with
-    a deadline and its channel closed (:func:`pyspark_safestop.release_session_without_shutdown`),
-    leaving the shared release pool alone.
-    """
-    if is_installed():
-        session.stop()
-    else:
-        release_session_without_shutdown(session)
-
-
-@contextlib.contextmanager
-def connect_session(url: str) -> Iterator[Any]:
-    """A new Spark Connect session on ``url``, stopped safely on leaving the block.
-
-    A ``;token=`` in the URL is sent on every client line, 3.5 included (see
-    :func:`pyspark_safestop._layouts.session_builder`). For a fixture of another scope::
-
-        @pytest.fixture(scope="module")
-        def spark_module(spark_connect_url):
-            with connect_session(spark_connect_url) as session:
-                yield session
-    """
-    session = _layouts.session_builder(url).create()
-    try:
-        yield session
-    finally:
-        stop_safely(session)
-
-
 # -- fixtures -----------------------------------------------------------------------------------
 
 
@@ -845,7 +811,7 @@ def _warn_if_token_needs_channel_builder() -> None:
             "this pyspark client (3.5, Databricks Connect 16.1) sends a token only over TLS: "
             "SparkSession.builder.remote(url) cannot "
             "reach the local server with spark_connect_url; use the spark and spark_per_class "
-            "fixtures or pyspark_safestop.plugin.connect_session(url)",
+            "fixtures or pyspark_safestop.connect_session(url)",
             SafestopWarning,
             stacklevel=2,
         )

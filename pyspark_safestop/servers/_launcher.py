@@ -1,7 +1,7 @@
 """Run a server process for exactly as long as its owner lives.
 
 ``python -I -S _launcher.py GRACE WORKDIR -- COMMAND...``, started by
-:func:`pyspark_safestop._local_server.spawn_launcher`; it moves to a session of its own:
+:func:`pyspark_safestop.servers._local.spawn_launcher`; it moves to a session of its own:
 
 - stdin is the read end of a pipe whose write end only the owner holds. End of file (the owner
   called ``stop()``, exited, or died, SIGKILL included) stops the server: SIGTERM to its process

@@ -12,10 +12,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ._local_server import LocalServer
+from .._settings import master_from_env, warn
+from ._local import LocalServer
 from ._sail import ENV_SAIL, NO_AUTH_NOTICE, SailServer, find_sail
-from ._server import SparkConnectServer, find_spark_home, java_available
-from ._settings import master_from_env, warn
+from ._spark import SparkConnectServer, find_spark_home, java_available
 from ._workers import NEEDS, pyspark_in, sail_python, worker_python
 
 __all__ = [

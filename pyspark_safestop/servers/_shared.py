@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _reachability
-from ._local_server import LocalServer
+from ..shim import _reachability
+from ._local import LocalServer
 from ._supervisor import Death, Supervisor
 
 __all__ = [

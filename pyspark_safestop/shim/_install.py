@@ -7,9 +7,7 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from . import _distribution, _exit, _layouts, _sessions
-from ._patcher import Patcher, watch_imports
-from ._settings import (
+from .._settings import (
     ENV_ENABLED,
     Settings,
     enabled_from_env,
@@ -20,6 +18,9 @@ from ._settings import (
     validate_timeout,
     warn,
 )
+from ..client import _distribution, _layouts
+from . import _exit, _sessions
+from ._patcher import Patcher, watch_imports
 from ._state import LOCK, STATE
 from ._wrappers import ROLES
 

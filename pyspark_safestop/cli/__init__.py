@@ -22,11 +22,12 @@ from typing import Any
 
 import psutil
 
-from . import _doctor, _serve, ports
-from ._engines import ENGINES, EngineUnavailable, engine_from_env, make_server, master_for
-from ._local_server import LocalServer
-from ._sail import NO_AUTH_NOTICE
-from .ports._checks import check_timeout, parse_port
+from .. import ports
+from ..ports._checks import check_timeout, parse_port
+from ..servers._engines import ENGINES, EngineUnavailable, engine_from_env, make_server, master_for
+from ..servers._local import LocalServer
+from ..servers._sail import NO_AUTH_NOTICE
+from . import _doctor, _serve
 
 __all__ = ["build_parser", "main"]
 

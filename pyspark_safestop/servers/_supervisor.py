@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _reachability
-from ._local_server import LocalServer
+from ..shim import _reachability
+from ._local import LocalServer
 
 __all__ = ["MAX_RESTARTS", "Death", "Listener", "Supervisor"]
 

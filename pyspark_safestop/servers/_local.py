@@ -37,7 +37,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, TypeVar
 
-from ._settings import validate_timeout
+from .._settings import validate_timeout
+from ..ports import hold_ipv6_loopback
 
 __all__ = ["BIND_HOST", "LocalServer", "open_private_log"]
 
@@ -86,30 +87,6 @@ def open_private_log(path: Path) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def _reserve_ipv6_loopback(port: int) -> socket.socket | None:
-    """Hold ``[::1]:PORT`` (bound, never listening) so that no one else can listen there.
-
-    gRPC may try ``[::1]`` first for ``localhost``: a listener of another user there would
-    receive the token (or the queries). Returns ``None`` where IPv6 loopback does not exist (no
-    one can listen there either); raises ``RuntimeError`` when another process already holds it.
-    """
-    try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    except OSError:
-        return None
-    try:
-        sock.bind(("::1", port))
-    except OSError as error:
-        sock.close()
-        if error.errno == errno.EADDRINUSE:
-            raise RuntimeError(
-                f"another process holds [::1]:{port}, where clients of localhost:{port} may "
-                "connect: the server is not handed out"
-            ) from None
-        return None
-    return sock
 
 
 def _accepts(port: int) -> bool:
@@ -300,7 +277,7 @@ class LocalServer:
             )
             self._pid = self._launch(command)
             self._port = self._wait_for_port(t0)
-            self._ipv6_guard = _reserve_ipv6_loopback(self._port)
+            self._ipv6_guard = hold_ipv6_loopback(self._port)
         except BaseException:
             # KeyboardInterrupt included: never leave a half-started server behind.
             self.stop()

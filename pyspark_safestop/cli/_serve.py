@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from ._local_server import LocalServer
+from ..servers._local import LocalServer
 
 __all__ = ["STOP_SIGNALS", "Interrupted", "serve"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import wrapt
 
-from ._layouts import Target
+from ..client._layouts import Target
 
 __all__ = ["Patcher", "SafestopWrapper", "WrapperFunction", "watch_imports"]
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from ._local_server import BIND_HOST, LocalServer
+from ._local import BIND_HOST, LocalServer
 
 __all__ = ["ENV_SAIL", "NO_AUTH_NOTICE", "SailServer", "find_sail"]
 

@@ -15,7 +15,8 @@ import logging
 import threading
 import time
 
-from . import _layouts, _reachability, _sessions
+from ..client import _layouts
+from . import _reachability, _sessions
 from ._release import release_and_close
 from ._state import STATE
 

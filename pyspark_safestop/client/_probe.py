@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-# Run as a script, this file's folder (the package's) heads sys.path: drop it, so that nothing
+# Run as a script, this file's folder (the client wing's) heads sys.path: drop it, so that nothing
 # is imported from here by its bare name. (Imported as a module, it leaves sys.path alone.)
 HERE = os.path.dirname(os.path.abspath(__file__))
 if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == HERE:
@@ -77,7 +77,7 @@ def main() -> None:
     found["status_was_active"] = bool(found["activated"]) and pyspark_safestop.is_installed()
     found["token_needs_channel_builder"] = None
     if found["connect_error"] is None and found["pyspark_imported"]:
-        from pyspark_safestop import _layouts
+        from pyspark_safestop.client import _layouts
 
         # A client not recognised: nothing to say about its tokens.
         with contextlib.suppress(Exception):

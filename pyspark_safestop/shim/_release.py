@@ -11,8 +11,8 @@ import functools
 import logging
 from typing import Any
 
-from . import _layouts
-from ._settings import validate_timeout
+from .._settings import validate_timeout
+from ..client import _layouts
 from ._state import STATE
 
 __all__ = ["release_and_close", "release_session_without_shutdown", "wants_release"]

@@ -22,10 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__, _distribution, _layouts
-from ._engines import engine_from_env, python_workers
-from ._server import find_spark_home, java_available
-from ._settings import (
+from .. import __version__
+from .._settings import (
     ENV_ENABLED,
     ENV_HANG_TIMEOUT,
     ENV_RELEASE_TIMEOUT,
@@ -34,6 +32,9 @@ from ._settings import (
     hang_timeout_from_env,
     release_timeout_from_env,
 )
+from ..client import _distribution, _layouts
+from ..servers._engines import engine_from_env, python_workers
+from ..servers._spark import find_spark_home, java_available
 
 __all__ = [
     "KNOWN_PROBLEMS",
@@ -52,7 +53,7 @@ GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 PTH_FILE = "pyspark_safestop.pth"
 START_FILE = "pyspark_safestop.start"
 PLUGIN_NAME = "pyspark_safestop"
-PROBE = Path(__file__).with_name("_probe.py")
+PROBE = Path(__file__).parent.parent / "client" / "_probe.py"
 PROBE_TIMEOUT = 180.0
 
 
@@ -375,7 +376,7 @@ def _watchdog(settings: dict[str, Any]) -> str:
 _TOKEN_OVER_TLS_ONLY = (
     "this client sends a token only over TLS (3.5, Databricks Connect 16.1): remote(url) "
     "cannot reach serve's or the fixtures' servers; use the fixtures or "
-    "pyspark_safestop.plugin.connect_session(url)"
+    "pyspark_safestop.connect_session(url)"
 )
 
 

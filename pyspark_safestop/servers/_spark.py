@@ -7,7 +7,7 @@ server; what differs is what a shared machine needs:
   it in its environment (``SPARK_CONNECT_AUTHENTICATE_TOKEN``), never on a command line, which
   every user can read; it is in no log and no ``repr``. :attr:`SparkConnectServer.url` carries
   it: ``sc://localhost:PORT/;token=...``, which 4.0+ clients send over gRPC local credentials
-  (3.5 needs :func:`pyspark_safestop._layouts.session_builder`).
+  (3.5 needs :func:`pyspark_safestop.client._layouts.session_builder`).
 - **Never outliving its owner.** The JVM runs under a small launcher (:mod:`._launcher`) that
   stops it when a pipe from this process reaches end of file, which the kernel guarantees when
   this process dies, SIGKILL included; the JVM dies with the launcher (``PR_SET_PDEATHSIG``).
@@ -33,10 +33,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
+from .._settings import DEFAULT_MASTER, validate_master
+from ..client._layouts import pyspark_package_dirs
 from ._launcher import REDACT_VAR
-from ._layouts import pyspark_package_dirs
-from ._local_server import BIND_HOST, LocalServer, open_private_log
-from ._settings import DEFAULT_MASTER, validate_master
+from ._local import BIND_HOST, LocalServer, open_private_log
 from ._workers import ENV_WORKER_PYTHON, WorkerPython, worker_python
 
 __all__ = [

@@ -33,7 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import _layouts, _reachability
+from ..client import _layouts
+from . import _reachability
 from ._reachability import ServerUnreachableError
 
 __all__ = ["RpcHang", "RpcHangError", "hangs_since", "longest_wait", "watch_client"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from ._layouts import Layout
-from ._settings import (
+from .._settings import (
     Settings,
     hang_timeout_from_env,
     release_timeout_from_env,
     unreachable_timeout_from_env,
 )
+from ..client._layouts import Layout
 
 __all__ = ["LOCK", "STATE", "State"]
 

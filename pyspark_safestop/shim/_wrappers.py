@@ -10,7 +10,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from . import _layouts, _sessions, _watchdog
+from ..client import _layouts
+from . import _sessions, _watchdog
 from ._release import release_and_close, wants_release
 from ._state import STATE
 
