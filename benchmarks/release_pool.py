@@ -39,10 +39,19 @@ with connect_session(sys.argv[1]) as spark:
 
 
 def measure(
-    python: str, url: str, *, shim: bool, queries: int, every: int, release_timeout: float
+    python: str,
+    url: str,
+    *,
+    shim: bool,
+    queries: int,
+    every: int,
+    release_timeout: float,
+    spark_home: Path,
 ) -> dict[str, int]:
     """One run: queries sent, releases received by the proxy, and releases held at the end."""
     env = child_env(shim=shim)
+    # pyspark-client 4.2+ exits under `python -c` without a Spark home.
+    env.setdefault("SPARK_HOME", str(spark_home))
     env["PYSPARK_SAFESTOP_RELEASE_TIMEOUT"] = f"{release_timeout:g}"
     with FaultProxy(url) as proxy:
         proxy.hang("ReleaseExecute", every=every)
@@ -98,6 +107,7 @@ def main() -> int:
                     queries=args.queries,
                     every=args.every,
                     release_timeout=args.release_timeout,
+                    spark_home=home,
                 )
                 results.append({"line": line, "run": name, **outcome})
                 print(f"  {line} {name}: {outcome}", file=sys.stderr, flush=True)

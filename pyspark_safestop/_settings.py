@@ -36,6 +36,9 @@ __all__ = [
     "environment_problems",
     "hang_timeout_from_env",
     "master_from_env",
+    "parse_conf",
+    "parse_count",
+    "parse_seconds",
     "release_timeout_from_env",
     "unreachable_timeout_from_env",
     "validate_hang_timeout",
@@ -286,6 +289,44 @@ def validate_hang_timeout(value: object, name: str = "hang_timeout") -> float | 
     if not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0:
         return None
     return validate_timeout(value, name)
+
+
+def parse_seconds(text: object, name: str, *, zero: bool = False) -> float:
+    """Seconds written as text (a command line, an ini file), checked as
+    :func:`validate_timeout` checks a number; with ``zero``, ``0`` is accepted too (it turns the
+    setting off, or means "at once").
+
+    The one parser of every seconds setting: the pytest options, the ini keys and the command
+    line accept and refuse the same values. Raises ``ValueError`` naming ``name`` and the text.
+    """
+    try:
+        value = float(str(text).strip())
+        if zero and value == 0:
+            return 0.0
+        return validate_timeout(value, name)
+    except ValueError:
+        least = "0 or more" if zero else "a positive number of"
+        raise ValueError(
+            f"{name} must be {least} seconds, at most {MAX_TIMEOUT:g}, got {str(text)!r}"
+        ) from None
+
+
+def parse_count(text: object, name: str, low: int, high: int) -> int:
+    """A whole number from ``low`` to ``high`` written as text; ``ValueError`` naming ``name``
+    and the text otherwise."""
+    stripped = str(text).strip()
+    if re.fullmatch(r"[0-9]{1,9}", stripped) and low <= int(stripped) <= high:
+        return int(stripped)
+    raise ValueError(f"{name} must be a whole number from {low} to {high}, got {_shown(text)}")
+
+
+def parse_conf(text: object, name: str) -> tuple[str, str]:
+    """``KEY=VALUE`` (a Spark conf, a Sail setting) as its key and value, blanks around either
+    removed; ``ValueError`` naming ``name`` and the text when there is no ``=`` or no key."""
+    key, sep, value = str(text).partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{name} must be KEY=VALUE, got {_shown(text)}")
+    return key.strip(), value.strip()
 
 
 _LOCAL_MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?")

@@ -36,11 +36,11 @@ def test_spark_runs_queries_on_the_session_server(
 def test_a_token_url_on_3_5_is_explained_once(
     client_layout: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(plugin, "_warned_token_url", False)
+    monkeypatch.setattr(plugin._fixtures, "_warned_token_url", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(3):
-            plugin._warn_if_token_needs_channel_builder()
+            plugin._fixtures._warn_if_token_needs_channel_builder()
     said = [w for w in caught if issubclass(w.category, SafestopWarning)]
     # 3.5, and Databricks Connect 16.1 (built like 4.0 but with 3.5's channel builder).
     if client_layout == "3.5" or _layouts.token_needs_channel_builder():

@@ -12,18 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 from .. import ports
-from ..ports._checks import check_timeout, parse_port
+from .._settings import parse_conf, parse_count, parse_seconds
+from ..ports._checks import parse_port
 from ..servers._engines import ENGINES, EngineUnavailable, engine_from_env, make_server, master_for
 from ..servers._local import LocalServer
 from ..servers._sail import NO_AUTH_NOTICE
@@ -39,6 +39,7 @@ EXIT_USAGE = 2
 
 #: What argparse's ``add_subparsers()`` returns (its class is private).
 _Subparsers = Any
+_T = TypeVar("_T")
 
 # -- argument types (their errors become usage errors naming the value) -----------------------
 
@@ -51,24 +52,17 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"count must be in 1-1000, got {text!r}")
-    return value
+def _argument(parse: Callable[[str], _T]) -> Callable[[str], _T]:
+    """An argparse type from one of the settings' parsers: its ``ValueError`` (naming the
+    option and the text) becomes the usage error."""
 
+    def argument(text: str) -> _T:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"timeout must be a finite number >= 0, got {text!r}")
-    return value
+    return argument
 
 
 def _pattern(text: str) -> re.Pattern[str]:
@@ -97,7 +91,11 @@ def _add_free_port(subparsers: _Subparsers) -> None:
         ),
     )
     parser.add_argument(
-        "--count", type=_count, default=1, metavar="N", help="how many ports (default 1)"
+        "--count",
+        type=_argument(lambda text: parse_count(text, "--count", 1, 1000)),
+        default=1,
+        metavar="N",
+        help="how many ports (default 1)",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address the ports must be free on (127.0.0.1)"
@@ -147,7 +145,7 @@ def _add_kill_port(subparsers: _Subparsers) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_kill_timeout,
+        type=_argument(lambda text: parse_seconds(text, "--timeout", zero=True)),
         default=5.0,
         metavar="S",
         help="seconds between SIGTERM and SIGKILL, 0 to 86400 (default 5)",
@@ -156,14 +154,6 @@ def _add_kill_port(subparsers: _Subparsers) -> None:
         "--dry-run", action="store_true", help="check and report, but signal nothing"
     )
     parser.set_defaults(handler=_kill_port)
-
-
-def _kill_timeout(text: str) -> float:
-    # The bounds of kill_process_on_port, checked while parsing: a usage error naming the text.
-    try:
-        return check_timeout(float(text), "--timeout")
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"bad timeout {text!r}: {error}") from None
 
 
 def _kill_port(args: argparse.Namespace) -> int:
@@ -229,13 +219,6 @@ def _doctor_command(args: argparse.Namespace) -> int:
 # -- serve ------------------------------------------------------------------------------------
 
 
-def _conf(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"a Spark conf must be KEY=VALUE, got {text!r}")
-    return key.strip(), value.strip()
-
-
 def _add_serve(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "serve",
@@ -273,7 +256,7 @@ def _add_serve(subparsers: _Subparsers) -> None:
     )
     parser.add_argument(
         "--conf",
-        type=_conf,
+        type=_argument(lambda text: parse_conf(text, "--conf")),
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -282,7 +265,7 @@ def _add_serve(subparsers: _Subparsers) -> None:
     )
     parser.add_argument(
         "--start-timeout",
-        type=_seconds,
+        type=_argument(lambda text: parse_seconds(text, "--start-timeout")),
         default=120.0,
         metavar="S",
         help="seconds the server may take to start (default 120)",
