@@ -9,7 +9,12 @@
 - :mod:`~pyspark_safestop.testing.traffic`: :func:`busy_grpc`, gRPC kept busy in this
   process, to show what subprocesses started meanwhile go through.
 - :mod:`~pyspark_safestop.testing.catalogue`: the scenarios in which upstream's client hangs,
-  with their faults and bounds, as a catalogue you can run (:func:`run_case`).
+  with their faults and bounds, as a catalogue you can run (:func:`run_case`);
+  :mod:`~pyspark_safestop.testing.checks`: the one table of bounds and the checks a run is
+  held against.
+- :mod:`~pyspark_safestop.testing.cluster`: a standalone Spark cluster on this machine, for
+  the servers' ``spark://`` master.
+- :mod:`~pyspark_safestop.testing.tls`: a test certificate, for the fault proxy's TLS side.
 - :mod:`~pyspark_safestop.testing.scenario`: the program that runs one scenario in a child
   interpreter; :mod:`~pyspark_safestop.testing.child`: its protocol and steps, for workers
   of your own; :mod:`~pyspark_safestop.testing.runner`: the parent side (:func:`run_events`,

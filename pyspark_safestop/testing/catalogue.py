@@ -23,8 +23,31 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from pyspark_safestop.testing.checks import (
+    EXIT_BOUND,
+    HANG_TIMEOUT,
+    RELEASE_TIMEOUT,
+    RUN_TIMEOUT,
+    STOP_BOUND,
+    WATCHDOG,
+    Check,
+    all_within,
+    collected_within,
+    field_is,
+    hang_declared,
+    interrupted_promptly,
+    metric_event,
+    metric_exit,
+    metric_max,
+    metric_stop,
+    next_session_works,
+    orphan_finalised_in_submit,
+    same_session_works,
+    slow_but_never_hung,
+    stop_within,
+)
 from pyspark_safestop.testing.runner import HangSignature, Run, run_events, scenario_command
 
 __all__ = [
@@ -40,167 +63,6 @@ __all__ = [
     "Check",
     "run_case",
 ]
-
-#: The shim's release timeout in these runs (seconds); the bounds are built on it.
-RELEASE_TIMEOUT = 1.0
-#: A stop that took longer than this did not "return promptly". Generous: the benchmarks
-#: measure the real figures; this only separates prompt from upstream's waits and hangs.
-STOP_BOUND = 2.0
-#: Seconds from a scenario's last event to its interpreter's exit.
-EXIT_BOUND = 4.0
-#: The hard backstop: a run still going this long after its first event is called hung. A
-#: longer one can only make a slow machine pass; it never lets an upstream run pass. Only runs
-#: that are slow without parking for good reach it (4.2+ upstream: 10 s per stop, in turn).
-RUN_TIMEOUT = 60.0
-#: Seconds without progress after which the child prints every thread's stack.
-WATCHDOG = 3.0
-#: The hang watchdog's timeout in the runs of its cases (seconds).
-HANG_TIMEOUT = 3.0
-
-#: A check reads a run and returns what is wrong with it (nothing: it passed).
-Check = Callable[[Run], list[str]]
-
-
-# -- checks -------------------------------------------------------------------------------------
-
-
-def _stopped(run: Run, label: str) -> float | None:
-    event = run.find("stopped", label=label)
-    if event is None or event.get("returned") is False:
-        return None
-    return float(event["seconds"])
-
-
-def stop_within(label: str, bound: float) -> Check:
-    """The stop labelled ``label`` returned within ``bound`` seconds."""
-
-    def check(run: Run) -> list[str]:
-        event = run.find("stopped", label=label)
-        if event is None:
-            return [f"stop ({label}) never returned"]
-        if event.get("returned") is False:
-            return [f"stop ({label}) still running after {event['seconds']} s"]
-        if event["seconds"] > bound:
-            return [f"stop ({label}) took {event['seconds']} s > {bound} s"]
-        return []
-
-    return check
-
-
-def next_session_works(run: Run) -> list[str]:
-    """The scenario's last new session ran its first query."""
-    return [] if run.find("next_session_ok") else ["the next session's first query never ran"]
-
-
-def all_within(name: str, key: str, bound: float, count: int = 1) -> Check:
-    """At least ``count`` events ``name``, none hung, their ``key`` all within ``bound``."""
-
-    def check(run: Run) -> list[str]:
-        found = run.all(name)
-        if len(found) < count:
-            return [f"only {len(found)} of {count} '{name}' events"]
-        slow = [e for e in found if e.get(key, 0) > bound or e.get("hung")]
-        return [f"{name}: {key} {e.get(key)} s > {bound} s" for e in slow]
-
-    return check
-
-
-def collected_within(bound: float) -> Check:
-    """The collection returned within ``bound`` seconds, where the line has what it collects."""
-    within = all_within("collected", "seconds", bound)
-    return lambda run: [] if run.find("unsupported") else within(run)
-
-
-def field_is(name: str, key: str, value: Any) -> Check:
-    """Event ``name`` has ``key == value``."""
-
-    def check(run: Run) -> list[str]:
-        event = run.find(name)
-        if event is None:
-            return [f"no '{name}' event"]
-        return [] if event.get(key) == value else [f"{name}: {key} = {event.get(key)!r}"]
-
-    return check
-
-
-def interrupted_promptly(run: Run) -> list[str]:
-    """The SIGINT (sent 0.5 s into stop()) surfaced as a KeyboardInterrupt within 1 s (in
-    stop(), or just after it where stop() returned sooner)."""
-    event = run.find("interrupted")
-    if event is None:
-        return ["the KeyboardInterrupt never surfaced"]
-    if event["seconds"] > 1.5:
-        return [f"the KeyboardInterrupt surfaced {event['seconds'] - 0.5:.1f} s after the signal"]
-    return []
-
-
-def hang_declared(method: str) -> Check:
-    """The held call raised RpcHangError naming ``method`` once the hang timeout had passed."""
-
-    def check(run: Run) -> list[str]:
-        event = run.find("hang_raised")
-        if event is None:
-            return ["the held call never returned"]
-        if event["error"] != "RpcHangError":
-            return [f"the held call ended with {event['error'] or 'a result'}, not RpcHangError"]
-        if f"RPC {method} hung" not in event["message"]:
-            return [f"the error does not name {method}: {event['message']}"]
-        if not HANG_TIMEOUT <= event["seconds"] <= HANG_TIMEOUT + STOP_BOUND:
-            return [f"declared after {event['seconds']} s, not about {HANG_TIMEOUT:g} s"]
-        return []
-
-    return check
-
-
-def same_session_works(run: Run) -> list[str]:
-    """The session whose call was declared hung ran its next query."""
-    return [] if run.find("same_session_ok") else ["the same session's next query never ran"]
-
-
-def slow_but_never_hung(run: Run) -> list[str]:
-    """The slow stream outlasted the hang timeout, whole, and was never declared hung."""
-    event = run.find("slow_query")
-    if event is None:
-        return ["the slow query never finished"]
-    if event["seconds"] <= HANG_TIMEOUT:
-        return [f"the stream took {event['seconds']} s: not longer than the hang timeout"]
-    return []
-
-
-def orphan_finalised_in_submit(run: Run) -> list[str]:
-    """Where the line has a shared release pool, the orphan was finalised inside submit()."""
-    armed = run.find("armed")
-    if armed is not None and not armed["shared_pool"]:
-        return []  # nothing to arm on this line: no pool shared by the sessions
-    return field_is("queries_done", "orphan_collected", True)(run)
-
-
-# -- what a cell of the matrix shows ------------------------------------------------------------
-
-
-def _metric_stop(label: str) -> Callable[[Run], float | None]:
-    return lambda run: _stopped(run, label)
-
-
-def _metric_event(name: str, key: str = "seconds") -> Callable[[Run], float | None]:
-    def metric(run: Run) -> float | None:
-        values = [float(e[key]) for e in run.all(name) if key in e and not e.get("hung")]
-        return max(values) if values else None
-
-    return metric
-
-
-def _metric_exit(run: Run) -> float | None:
-    return run.exit_delay
-
-
-def _metric_max(*metrics: Callable[[Run], float | None]) -> Callable[[Run], float | None]:
-    def metric(run: Run) -> float | None:
-        values = [v for v in (m(run) for m in metrics) if v is not None]
-        return max(values, default=None)
-
-    return metric
-
 
 # -- where upstream parks for good --------------------------------------------------------------
 
@@ -312,7 +174,7 @@ def _finaliser_case(
         scenario,
         f"collection ≤ {RELEASE_TIMEOUT + STOP_BOUND:g} s (release timeout "
         f"{RELEASE_TIMEOUT:g} s), the session works after",
-        _metric_event("collected"),
+        metric_event("collected"),
         (collected_within(RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
         hang=(),
         env=_RT,
@@ -330,7 +192,7 @@ CASES: dict[str, Case] = {
         "the seed's fixture chain, ReleaseExecute hung",
         "seed_chain",
         _STOP + " (in a daemon thread, 5 s join), next session works",
-        _metric_stop("first"),
+        metric_stop("first"),
         (stop_within("first", STOP_BOUND), next_session_works),
         hangs_in=(POOL_SHUTDOWN_JOINS, POOL_JOINS),
     ),
@@ -338,7 +200,7 @@ CASES: dict[str, Case] = {
         "stop(), ReleaseExecute hung",
         "plain_stop",
         _STOP,
-        _metric_stop("first"),
+        metric_stop("first"),
         (stop_within("first", STOP_BOUND), next_session_works),
         hangs_in=(POOL_SHUTDOWN_JOINS, POOL_JOINS),
     ),
@@ -346,7 +208,7 @@ CASES: dict[str, Case] = {
         "stop(), ReleaseSession hung",
         "plain_stop",
         _STOP_RT,
-        _metric_stop("first"),
+        metric_stop("first"),
         (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
         hang=("ReleaseSession",),
         env=_RT,
@@ -357,7 +219,7 @@ CASES: dict[str, Case] = {
         "orphaned sessions garbage-collected, ReleaseExecute hung",
         "gc_orphans",
         f"each gc.collect() ≤ {STOP_BOUND:g} s",
-        _metric_event("collected"),
+        metric_event("collected"),
         (all_within("collected", "seconds", STOP_BOUND, 3), next_session_works),
         hangs_in=(POOL_SHUTDOWN_JOINS, POOL_JOINS),
     ),
@@ -365,7 +227,7 @@ CASES: dict[str, Case] = {
         "exit, unstopped session, ReleaseExecute hung",
         "exit_unstopped",
         f"exit ≤ {EXIT_BOUND:g} s",
-        _metric_exit,
+        metric_exit,
         (),
         upstream_passes_on=frozenset({"3.5"}),
     ),
@@ -373,7 +235,7 @@ CASES: dict[str, Case] = {
         "16 threads stop 16 sessions, ReleaseExecute hung",
         "concurrent_stops",
         f"all ≤ {4 * STOP_BOUND:g} s",
-        _metric_event("stopped"),
+        metric_event("stopped"),
         (
             all_within("stopped", "seconds", 4 * STOP_BOUND),
             field_is("stopped", "returned", 16),
@@ -385,7 +247,7 @@ CASES: dict[str, Case] = {
         "server gone before stop()",
         "server_killed",
         _STOP_RT,
-        _metric_stop("first"),
+        metric_stop("first"),
         (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND),),
         hang=(),
         env=_RT,
@@ -396,7 +258,7 @@ CASES: dict[str, Case] = {
         "stop() twice, ReleaseExecute hung",
         "double_stop",
         _STOP + " each",
-        _metric_max(_metric_stop("first"), _metric_stop("second")),
+        metric_max(metric_stop("first"), metric_stop("second")),
         (stop_within("first", STOP_BOUND), stop_within("second", STOP_BOUND), next_session_works),
         hangs_in=(POOL_SHUTDOWN_JOINS, POOL_JOINS),
     ),
@@ -404,7 +266,7 @@ CASES: dict[str, Case] = {
         "KeyboardInterrupt during stop() (ReleaseSession and ReleaseExecute hung)",
         "interrupt_during_stop",
         "interrupt surfaces ≤ 1 s after the signal, next session works, exit ≤ 4 s",
-        _metric_exit,
+        metric_exit,
         (interrupted_promptly, next_session_works),
         hang=("ReleaseSession", "ReleaseExecute"),
         env={"PYSPARK_SAFESTOP_RELEASE_TIMEOUT": "3"},
@@ -414,7 +276,7 @@ CASES: dict[str, Case] = {
         "connection blackholed (no bytes either way)",
         "blackhole",
         _STOP_RT + ", next session works once healed",
-        _metric_stop("first"),
+        metric_stop("first"),
         (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
         hang=(),
         transport="relay",
@@ -426,7 +288,7 @@ CASES: dict[str, Case] = {
         "stop() while another thread iterates a result",
         "iterate_during_stop",
         _STOP_RT + "; the iterating thread ends ≤ 5 s",
-        _metric_max(_metric_stop("first"), _metric_event("reader_ended")),
+        metric_max(metric_stop("first"), metric_event("reader_ended")),
         (
             stop_within("first", RELEASE_TIMEOUT + STOP_BOUND),
             all_within("reader_ended", "seconds", 5.0),
@@ -440,7 +302,7 @@ CASES: dict[str, Case] = {
         "os.fork() after use; the child makes its own session",
         "fork_after_use",
         "child done and exited ≤ 15 s (code 0); parent stop ≤ 2 s",
-        _metric_event("child_ended"),
+        metric_event("child_ended"),
         (
             all_within("child_ended", "seconds", 15.0),
             field_is("child_ended", "code", 0),
@@ -459,7 +321,7 @@ CASES: dict[str, Case] = {
         "server restarted on the same port between sessions",
         "restart_same_port",
         _STOP_RT + ", next session works",
-        _metric_stop("first"),
+        metric_stop("first"),
         (stop_within("first", RELEASE_TIMEOUT + STOP_BOUND), next_session_works),
         hang=(),
         transport="restart",
@@ -473,7 +335,7 @@ CASES: dict[str, Case] = {
         "100 sessions created and stopped, ReleaseExecute hung throughout",
         "loop_100_hung",
         f"each stop ≤ {STOP_BOUND:g} s, all 100 ≤ 100 s",
-        _metric_event("loop_done"),
+        metric_event("loop_done"),
         (
             all_within("loop_done", "slowest", STOP_BOUND),
             all_within("loop_done", "seconds", 100.0),
@@ -498,7 +360,7 @@ def _held(title: str, scenario: str, method: str, where: str) -> Case:
         f"{title} (hang watchdog on)",
         scenario,
         f"{_DECLARED}{where}; the same session's next query works",
-        _metric_event("hang_raised"),
+        metric_event("hang_raised"),
         (hang_declared(method), same_session_works),
         hang=(method,),
         marker=_MARKER,
@@ -522,7 +384,7 @@ CASES.update(
             f"every response held {HANG_TIMEOUT / 2:g} s (hang watchdog on)",
             "slow_stream",
             f"completes, longer than {HANG_TIMEOUT:g} s in all, never declared hung",
-            _metric_event("slow_query"),
+            metric_event("slow_query"),
             (slow_but_never_hung, same_session_works),
             hang=(),
             marker=_MARKER,
@@ -534,7 +396,7 @@ CASES.update(
             "no fault: garbage collection inside the release pool's submit()",
             "gc_inside_submit",
             "the queries finish, next session works",
-            _metric_stop("first"),
+            metric_stop("first"),
             (orphan_finalised_in_submit, next_session_works),
             hang=(),
             # 3.5's pool takes no lock in its submit; 4.2+ gives each iterator its own pool.
@@ -560,7 +422,7 @@ CASES.update(
 
 #: Two sessions and their queries on a healthy connection: a fresh server's JVM warmed up, so
 #: that the measured runs' first queries do not all pay for a cold start at once.
-WARM_UP = Case("warm-up", "plain_stop", "", _metric_stop("first"), (), hang=(), regression=False)
+WARM_UP = Case("warm-up", "plain_stop", "", metric_stop("first"), (), hang=(), regression=False)
 
 
 def run_case(
