@@ -26,7 +26,6 @@ from .._settings import parse_conf, parse_count, parse_seconds
 from ..ports._checks import parse_port
 from ..servers._engines import ENGINES, EngineUnavailable, engine_from_env, make_server, master_for
 from ..servers._local import LocalServer
-from ..servers._sail import NO_AUTH_NOTICE
 from . import _doctor, _serve
 
 __all__ = ["build_parser", "main"]
@@ -305,7 +304,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         who = (
             "its URL, with its token, is on stdout"
             if started.authenticated
-            else f"its URL is on stdout; {NO_AUTH_NOTICE}"
+            else f"its URL is on stdout; {started.access}"
         )
         print(
             f"{PROG} serve: {started.engine} server pid {started.pid} on "

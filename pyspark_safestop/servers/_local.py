@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, TypeVar
@@ -40,7 +41,7 @@ from typing import ClassVar, TypeVar
 from .._settings import validate_timeout
 from ..ports import hold_ipv6_loopback
 
-__all__ = ["BIND_HOST", "LocalServer", "open_private_log"]
+__all__ = ["BIND_HOST", "EngineUnavailable", "LocalServer", "open_private_log"]
 
 logger = logging.getLogger("pyspark_safestop")
 
@@ -123,6 +124,10 @@ def _forget_in_child(server: weakref.ReferenceType[LocalServer]) -> None:
         alive._forget()
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine cannot run here; the message says what is missing and how to get it."""
+
+
 class LocalServer:
     """A local Spark Connect server process of some engine; see the module's description.
 
@@ -134,6 +139,10 @@ class LocalServer:
     engine: ClassVar[str] = ""
     #: Whether the server refuses clients without its secret (the URL carries it).
     authenticated: ClassVar[bool] = False
+    #: Who can use a server of this engine, as the report header, ``serve`` and ``doctor`` say.
+    access: ClassVar[str] = ""
+    #: Whether it takes a Spark master (where its executors run).
+    has_master: ClassVar[bool] = False
     #: Matches the log line that names the port the server listens on (group ``port``).
     _started_re: ClassVar[re.Pattern[str]] = re.compile(r"$^")
     #: How messages name the server.
@@ -164,8 +173,34 @@ class LocalServer:
 
     # -- what an engine provides ----------------------------------------------------------------
 
+    @classmethod
+    def build(
+        cls,
+        *,
+        log_path: Path | None = None,
+        start_timeout: float = 120.0,
+        conf: Mapping[str, str] | None = None,
+        spark_home: str | None = None,
+        sail_executable: str | None = None,
+        master: str | None = None,
+    ) -> LocalServer:
+        """A server of this engine from the arguments every engine is given, not started.
+
+        Raises :class:`EngineUnavailable` when the engine cannot run here (the same check as
+        :meth:`start`), ``ValueError`` for a setting it refuses (named).
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def python_workers(
+        cls, *, spark_home: str | None = None, sail_executable: str | None = None
+    ) -> tuple[str, list[str]]:
+        """Which interpreter a server of this engine runs Python UDFs in, and what keeps them
+        from running there (sentences)."""
+        raise NotImplementedError
+
     def _check_runnable(self) -> None:
-        """Raise ``RuntimeError`` naming what is missing to run this engine."""
+        """Raise :class:`EngineUnavailable` naming what is missing to run this engine."""
 
     def _new_secret(self) -> None:
         """Draw what a client must present, before each start (engines that check one)."""

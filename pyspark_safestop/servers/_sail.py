@@ -29,7 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from ._local import BIND_HOST, LocalServer
+from ._local import BIND_HOST, EngineUnavailable, LocalServer
+from ._workers import pyspark_in, sail_python
 
 __all__ = ["ENV_SAIL", "NO_AUTH_NOTICE", "SailServer", "find_sail"]
 
@@ -70,6 +71,13 @@ def find_sail(explicit: str | None = None) -> Path | None:
     return None if found is None else Path(found)
 
 
+def _missing(explicit: str | None) -> str:
+    named = explicit or os.environ.get(ENV_SAIL)
+    if named:
+        return f"{named!r} is not an executable sail"
+    return 'no sail found: pip install "pyspark-safestop[sail]"'
+
+
 class SailServer(LocalServer):
     """A local Sail server, usable as a context manager::
 
@@ -82,6 +90,7 @@ class SailServer(LocalServer):
 
     engine: ClassVar[str] = "sail"
     authenticated: ClassVar[bool] = False
+    access: ClassVar[str] = NO_AUTH_NOTICE
     _started_re = _STARTED_RE
     _what = "Sail server"
 
@@ -116,15 +125,46 @@ class SailServer(LocalServer):
         """``sc://localhost:PORT``: no token, Sail checks none."""
         return f"sc://localhost:{self.port}"
 
+    @classmethod
+    def build(
+        cls,
+        *,
+        log_path: Path | None = None,
+        start_timeout: float = 120.0,
+        conf: Mapping[str, str] | None = None,
+        spark_home: str | None = None,
+        sail_executable: str | None = None,
+        master: str | None = None,
+    ) -> SailServer:
+        """A server of the ``sail`` found (:func:`find_sail`), ``conf`` its ``SAIL_*``
+        settings; see :meth:`LocalServer.build`. A master is refused: Sail has none."""
+        if master is not None:
+            raise ValueError(f"master={master!r}: a Sail server has no Spark master")
+        if find_sail(sail_executable) is None:
+            raise EngineUnavailable(_missing(sail_executable))
+        return cls(sail_executable, log_path=log_path, start_timeout=start_timeout, extra_env=conf)
+
+    @classmethod
+    def python_workers(
+        cls, *, spark_home: str | None = None, sail_executable: str | None = None
+    ) -> tuple[str, list[str]]:
+        """The interpreter running ``sail``, which must hold a pyspark, and what it lacks."""
+        sail = find_sail(sail_executable)
+        python = None if sail is None else sail_python(sail)
+        if python is None:
+            return "the interpreter running sail (not found)", []
+        problems = python.problems(None)
+        if python.version is not None and not pyspark_in(python):
+            problems.append(
+                f"Sail's environment ({python.executable}) has no pyspark: every Python UDF "
+                "fails there (install pyspark-client and pandas beside pysail)"
+            )
+        return python.describe(), problems
+
     def _check_runnable(self) -> None:
         self._sail = find_sail(self._explicit)
         if self._sail is None:
-            named = self._explicit or os.environ.get(ENV_SAIL)
-            raise RuntimeError(
-                f"cannot start a Sail server: {named!r} is not an executable file"
-                if named
-                else 'cannot start a Sail server: no sail (pip install "pyspark-safestop[sail]")'
-            )
+            raise EngineUnavailable(_missing(self._explicit))
 
     def _command(self, workdir: Path) -> list[str]:
         assert self._sail is not None

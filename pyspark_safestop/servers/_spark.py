@@ -36,8 +36,8 @@ from typing import ClassVar
 from .._settings import DEFAULT_MASTER, validate_master
 from ..client._layouts import pyspark_package_dirs
 from ._launcher import REDACT_VAR
-from ._local import BIND_HOST, LocalServer, open_private_log
-from ._workers import ENV_WORKER_PYTHON, WorkerPython, worker_python
+from ._local import BIND_HOST, EngineUnavailable, LocalServer, open_private_log
+from ._workers import ENV_WORKER_PYTHON, NEEDS, WorkerPython, worker_python
 
 __all__ = [
     "BIND_HOST",
@@ -127,6 +127,13 @@ def _write_properties(workdir: Path, conf: Mapping[str, str]) -> Path:
     return path
 
 
+_NO_JAVA = "no Java runtime found (install Java 17 or set JAVA_HOME)"
+_NO_JARS = (
+    "no Spark jars found: install pyspark (the full distribution) or point "
+    "--safestop-spark-home / PYSPARK_SAFESTOP_SPARK_HOME at a Spark distribution"
+)
+
+
 class SparkConnectServer(LocalServer):
     """A local Spark Connect server (a JVM), usable as a context manager::
 
@@ -139,6 +146,8 @@ class SparkConnectServer(LocalServer):
 
     engine: ClassVar[str] = "spark"
     authenticated: ClassVar[bool] = True
+    access: ClassVar[str] = "owner only: a random token per server"
+    has_master: ClassVar[bool] = True
     _started_re = _STARTED_RE
     _what = "Spark Connect server"
 
@@ -226,11 +235,38 @@ class SparkConnectServer(LocalServer):
 
     # -- how it runs ----------------------------------------------------------------------------
 
+    @classmethod
+    def build(
+        cls,
+        *,
+        log_path: Path | None = None,
+        start_timeout: float = 120.0,
+        conf: Mapping[str, str] | None = None,
+        spark_home: str | None = None,
+        sail_executable: str | None = None,
+        master: str | None = None,
+    ) -> SparkConnectServer:
+        """A server from the installed jars (or ``spark_home``); see :meth:`LocalServer.build`."""
+        if not java_available():
+            raise EngineUnavailable(_NO_JAVA)
+        home = find_spark_home(spark_home)
+        if home is None:
+            raise EngineUnavailable(_NO_JARS)
+        return cls(
+            home, log_path=log_path, start_timeout=start_timeout, extra_conf=conf, master=master
+        )
+
+    @classmethod
+    def python_workers(
+        cls, *, spark_home: str | None = None, sail_executable: str | None = None
+    ) -> tuple[str, list[str]]:
+        """The interpreter of its Python workers (:mod:`._workers`) and what it lacks."""
+        python = worker_python()
+        return python.describe(), python.problems(find_spark_home(spark_home), *NEEDS)
+
     def _check_runnable(self) -> None:
         if not java_available():
-            raise RuntimeError(
-                "cannot start a Spark Connect server: no java (set JAVA_HOME or put java on PATH)"
-            )
+            raise EngineUnavailable(_NO_JAVA)
 
     def _new_secret(self) -> None:
         self._token = secrets.token_urlsafe(32)
