@@ -1,19 +1,23 @@
-"""Hung ReleaseExecute calls against the release pool: releases sent and pool workers held.
+"""Hung ReleaseExecute calls against the release pool: releases sent, held, stalled.
 
     python benchmarks/release_pool.py [--line 4.1=/path/to/python ...] [--queries 200]
-        [--every 10] [--release-timeout 1]
+        [--every 10] [--release-timeout 1] [--stall-after 120]
 
 One session runs ``--queries`` queries through the fault proxy, which holds every ``--every``-th
 ReleaseExecute call (each query sends one when it ends). With the session still open, some
 release timeouts after the last query, the proxy counts the releases it received and the ones
-it holds at that moment: each held release is a release-pool worker stuck in it. Upstream
-(``PYSPARK_SAFESTOP=0``) sends a release with no deadline, so a held one keeps its worker until
-the session stops, and once every worker is held the releases queued behind them are not sent;
-the package gives each the release timeout.
+it holds at that moment. Upstream (``PYSPARK_SAFESTOP=0``) sends a release with no deadline:
+a held one keeps its release-pool worker until the session stops, and once every worker is
+held the releases queued behind them are never sent. The package gives each the release
+timeout: the client gives up on a held release (the proxy still holds its side) and the worker
+goes on; a release that met its deadline may be sent again by the client's retry policy, so
+more than one per query can arrive. A run whose queries have not all run after
+``--stall-after`` seconds is counted as it stands and marked stalled.
 """
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import tempfile
@@ -47,8 +51,10 @@ def measure(
     every: int,
     release_timeout: float,
     spark_home: Path,
+    stall_after: float,
 ) -> dict[str, int]:
-    """One run: queries sent, releases received by the proxy, and releases held at the end."""
+    """One run: queries sent, releases received by the proxy, and releases held at the end;
+    ``stalled`` when the queries had not all run after ``stall_after`` seconds."""
     env = child_env(shim=shim)
     # pyspark-client 4.2+ exits under `python -c` without a Spark home.
     env.setdefault("SPARK_HOME", str(spark_home))
@@ -66,10 +72,14 @@ def measure(
         assert child.stdin is not None
         assert child.stdout is not None
         try:
-            if child.stdout.readline().strip() != "queried":
+            ready, _, _ = select.select([child.stdout], [], [], stall_after)
+            stalled = not ready
+            if ready and child.stdout.readline().strip() != "queried":
                 raise SystemExit(f"{python}: the client failed:\n{child.communicate()[1][-3000:]}")
-            time.sleep(3 * release_timeout + 2)
+            if not stalled:
+                time.sleep(3 * release_timeout + 2)
             result = {
+                "stalled": int(stalled),
                 "queries": proxy.calls("ExecutePlan"),
                 "releases_received": proxy.calls("ReleaseExecute"),
                 "releases_held": proxy.hung_now("ReleaseExecute"),
@@ -91,6 +101,9 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=200, help="queries on the session")
     parser.add_argument("--every", type=int, default=10, help="every k-th release is held")
     parser.add_argument("--release-timeout", type=float, default=1.0, help="seconds")
+    parser.add_argument(
+        "--stall-after", type=float, default=120.0, help="seconds the queries may take"
+    )
     args = parser.parse_args()
     lines, home, info = prepare(parser, args, "release-pool benchmark")
     work = Path(tempfile.mkdtemp(prefix="safestop-release-pool-"))
@@ -108,6 +121,7 @@ def main() -> int:
                     every=args.every,
                     release_timeout=args.release_timeout,
                     spark_home=home,
+                    stall_after=args.stall_after,
                 )
                 results.append({"line": line, "run": name, **outcome})
                 print(f"  {line} {name}: {outcome}", file=sys.stderr, flush=True)
@@ -117,7 +131,7 @@ def main() -> int:
         [
             row["line"],
             row["run"],
-            str(row["queries"]),
+            f"{row['queries']}" + (" (stalled)" if row["stalled"] else ""),
             str(row["releases_received"]),
             f"{row['releases_received'] / max(1, row['queries']):.2f}",
             str(row["releases_held"]),
@@ -128,7 +142,7 @@ def main() -> int:
         f"{args.queries} queries on one session, every {args.every}th ReleaseExecute held, "
         f"counted {3 * args.release_timeout + 2:g} s after the last query (release timeout "
         f"{args.release_timeout:g} s)",
-        ["line", "run", "queries", "releases sent", "sent per query", "pool workers held"],
+        ["line", "run", "queries", "releases sent", "sent per query", "held at the proxy"],
         rows,
         info,
     )

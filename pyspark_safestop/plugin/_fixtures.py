@@ -22,7 +22,7 @@ from ..servers._engines import (
     check_engine,
     make_server,
 )
-from ..servers._local import LocalServer
+from ..servers._local import LocalServer, RunningServer
 from ..servers._shared import (
     FOLDER_NAME,
     SharedServer,
@@ -79,7 +79,7 @@ def _shared_server(
     try:
         return wait_for_shared_server(folder, settings.start_timeout)
     except SharedServerFailed as failed:
-        if failed.kind == EngineUnavailable.__name__:
+        if failed.unavailable:
             _unavailable(settings, failed.reason)
         pytest.fail(str(failed), pytrace=False)
     except (RuntimeError, ValueError) as error:
@@ -89,7 +89,7 @@ def _shared_server(
 @pytest.fixture(scope="session")
 def spark_connect_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalServer | SharedServer]:
+) -> Iterator[RunningServer]:
     """A real local server of the chosen engine on 127.0.0.1, for this test session (or xdist
     worker; with ``--safestop-shared-server``, for the whole run)."""
     config = request.config
@@ -194,7 +194,7 @@ def spark_connect_url(request: pytest.FixtureRequest) -> str:
     settings = request.config.stash[SETTINGS]
     if settings.remote:
         return settings.remote
-    server: LocalServer | SharedServer = request.getfixturevalue("spark_connect_server")
+    server: RunningServer = request.getfixturevalue("spark_connect_server")
     if server.authenticated:
         _warn_if_token_needs_channel_builder()
     return server.url

@@ -15,7 +15,7 @@ The public names here are what the fixtures, ``serve``, the benchmarks and the e
 from __future__ import annotations
 
 from ._engines import DEFAULT_ENGINE, ENGINES, ENV_ENGINE, EngineUnavailable, make_server
-from ._local import BIND_HOST, LocalServer
+from ._local import BIND_HOST, LocalServer, RunningServer
 from ._sail import NO_AUTH_NOTICE, SailServer, find_sail
 from ._spark import SparkConnectServer, find_spark_home, java_available
 
@@ -27,6 +27,7 @@ __all__ = [
     "NO_AUTH_NOTICE",
     "EngineUnavailable",
     "LocalServer",
+    "RunningServer",
     "SailServer",
     "SparkConnectServer",
     "find_sail",

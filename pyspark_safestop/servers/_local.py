@@ -36,12 +36,12 @@ import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 from .._settings import validate_timeout
 from ..ports import hold_ipv6_loopback
 
-__all__ = ["BIND_HOST", "EngineUnavailable", "LocalServer", "open_private_log"]
+__all__ = ["BIND_HOST", "EngineUnavailable", "LocalServer", "RunningServer", "open_private_log"]
 
 logger = logging.getLogger("pyspark_safestop")
 
@@ -90,6 +90,31 @@ def open_private_log(path: Path) -> int:
     return fd
 
 
+def tail_lines(fd: int, n: int) -> str:
+    """The last ``n`` lines of the file open at ``fd`` (its last 256 KiB at most), as text; ''
+    when it cannot be read. The one reader of a server's log tail."""
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - _TAIL_BYTES)
+        data = os.pread(fd, size - start, start)
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-n:])
+
+
+def log_tail_of(path: Path, n: int) -> str:
+    """The last ``n`` lines of the log at ``path`` (a symbolic link is not followed); ''
+    when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        return tail_lines(fd, n)
+    finally:
+        os.close(fd)
+
+
 def _accepts(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((BIND_HOST, port), timeout=1.0):
         return True
@@ -122,6 +147,39 @@ def _forget_in_child(server: weakref.ReferenceType[LocalServer]) -> None:
     alive = server()
     if alive is not None:
         alive._forget()
+
+
+class RunningServer(Protocol):
+    """What a user of a running server sees, whoever started it: this process
+    (:class:`LocalServer`) or the run's host (the shared server). The fixture
+    ``spark_connect_server`` yields one."""
+
+    @property
+    def url(self) -> str:
+        """The ``sc://`` URL a client connects with (a Spark server's carries its token)."""
+
+    @property
+    def engine(self) -> str:
+        """The engine's name ("spark", "sail")."""
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether it refuses clients without its secret."""
+
+    @property
+    def pid(self) -> int:
+        """The server process."""
+
+    @property
+    def port(self) -> int:
+        """Where it listens on 127.0.0.1."""
+
+    @property
+    def log_path(self) -> Path:
+        """Its log, readable by its owner only."""
+
+    def log_tail(self, n: int = 80) -> str:
+        """The last ``n`` lines of its log."""
 
 
 class EngineUnavailable(RuntimeError):
@@ -269,20 +327,11 @@ class LocalServer:
 
     def log_tail(self, n: int = 80) -> str:
         """Return the last ``n`` lines of the server's log ('' when there is none)."""
-        data = b""
-        try:
-            if self._log_fd is not None:
-                size = os.fstat(self._log_fd).st_size
-                start = max(0, size - _TAIL_BYTES)
-                data = os.pread(self._log_fd, size - start, start)
-            elif self._log_path is not None and not self._temporary_log:
-                with open(self._log_path, "rb") as handle:
-                    handle.seek(0, os.SEEK_END)
-                    handle.seek(max(0, handle.tell() - _TAIL_BYTES))
-                    data = handle.read()
-        except OSError:
-            return ""
-        return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-n:])
+        if self._log_fd is not None:
+            return tail_lines(self._log_fd, n)
+        if self._log_path is not None and not self._temporary_log:
+            return log_tail_of(self._log_path, n)
+        return ""
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..shim import _reachability
-from ._local import LocalServer
+from ._local import EngineUnavailable, LocalServer, log_tail_of
 from ._supervisor import Death, Supervisor
 
 __all__ = [
@@ -56,13 +56,14 @@ _WAIT_SLACK = 30.0
 
 
 class SharedServerFailed(RuntimeError):
-    """The run's server could not start: ``kind`` is the exception's class name, ``reason`` its
-    message, as the host saw them."""
+    """The run's server could not start: ``reason`` is the host's error message;
+    ``unavailable`` says that the engine cannot run here (:class:`EngineUnavailable`), where
+    a test skips rather than fails."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, reason: str, *, unavailable: bool) -> None:
         super().__init__(f"the run's shared server could not start: {reason}")
-        self.kind = kind
         self.reason = reason
+        self.unavailable = unavailable
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,7 @@ class SharedServer:
 
     def log_tail(self, n: int = 80) -> str:
         """Return the last ``n`` lines of the server's log ('' when it cannot be read)."""
-        try:
-            fd = os.open(self.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return ""
-        with os.fdopen(fd, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 256 * 1024))
-            data = handle.read()
-        return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-n:])
+        return log_tail_of(self.log_path, n)
 
 
 def _private_folder(folder: Path) -> Path:
@@ -185,7 +178,10 @@ class SharedServerHost:
             server.start()
         except Exception as error:
             logger.warning("the shared server could not start: %s", error)
-            failure = {"kind": type(error).__name__, "reason": str(error)}
+            failure = {
+                "reason": str(error),
+                "unavailable": isinstance(error, EngineUnavailable),
+            }
             _write_private(self.folder / _ERROR, json.dumps(failure))
             return
         if self._closed.is_set():  # the run ended while it started
@@ -260,7 +256,7 @@ def wait_for_shared_server(folder: Path, start_timeout: float) -> SharedServer:
         error = _read_private(folder / _ERROR)
         if error is not None:
             failure = json.loads(error)
-            raise SharedServerFailed(failure["kind"], failure["reason"])
+            raise SharedServerFailed(failure["reason"], unavailable=bool(failure["unavailable"]))
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"no shared server was published in {folder} within "
