@@ -115,9 +115,9 @@ def start_watchdog(quiet: float) -> None:
 def new_session(url: str) -> Any:
     """A new Spark Connect session on ``url`` (``create()``: it becomes the default one); a
     ``;token=`` in the URL is sent on every client line."""
-    from pyspark_safestop.client import _layouts
+    from pyspark_safestop.client import session_builder
 
-    return _layouts.session_builder(url).create()
+    return session_builder(url).create()
 
 
 def query(session: Any, n: int = 10) -> None:
