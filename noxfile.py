@@ -40,6 +40,9 @@ LINES: dict[str, tuple[str | None, list[str]]] = {
 }
 #: The client of the ``engine`` session: the server side's own tests (marker ``engine``).
 ENGINE_LINE = "4.3"
+#: The one line per Python that also runs the tests needing no client line (marker ``pure``);
+#: 3.10, which no line runs on, has them in the ``unit`` session.
+PURE_LINES = ("4.0", "4.2", "4.3", "dbc-19.3")
 #: The lines of the benchmarks and the demo, on the interpreter running nox.
 MAIN_LINES = ("3.5", "4.0", "4.1", "4.2", "4.3")
 #: Claimed by ``requires-python`` but run by no line: the tests that need no server, there.
@@ -114,10 +117,12 @@ def tests(session: nox.Session, line: str) -> None:
     """The test suite on one client line, against a real Spark Connect server.
 
     Without the tests of the server side alone (marker ``engine``): the ``engine`` session
-    runs those, once.
+    runs those, once; the tests that need no client line (marker ``pure``) run on one line per
+    Python (``PURE_LINES``).
     """
     _install_dependencies(session, *LINES[line][1])
-    _pytest(session, "-m", "not engine", python=LINES[line][0])
+    marks = "not engine" if line in PURE_LINES else "not engine and not pure"
+    _pytest(session, "-m", marks, python=LINES[line][0])
 
 
 @nox.session

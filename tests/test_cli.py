@@ -18,7 +18,7 @@ from tests.ports_helpers import (
     child_env,
 )
 
-pytestmark = pytest.mark.usefixtures("private_port_leases")
+pytestmark = [pytest.mark.usefixtures("private_port_leases"), pytest.mark.pure]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

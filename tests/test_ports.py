@@ -50,7 +50,7 @@ from tests.ports_helpers import (
 BAD_PORTS = [0, -1, 65536, 10**6, 1.5, 8080.0, "8080", None, True, False, [8080]]
 
 
-pytestmark = pytest.mark.usefixtures("private_port_leases")
+pytestmark = [pytest.mark.usefixtures("private_port_leases"), pytest.mark.pure]
 
 
 def _outside_ephemeral(port: int) -> bool:

@@ -31,7 +31,7 @@ from tests.ports_helpers import (
     wait_gone,
 )
 
-pytestmark = pytest.mark.usefixtures("private_port_leases")
+pytestmark = [pytest.mark.usefixtures("private_port_leases"), pytest.mark.pure]
 
 
 # -- register_cleanup -------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from tests.ports_helpers import (
     wait_gone,
 )
 
-pytestmark = pytest.mark.usefixtures("private_port_leases")
+pytestmark = [pytest.mark.usefixtures("private_port_leases"), pytest.mark.pure]
 
 
 # -- kill_process_on_port ---------------------------------------------------------------------

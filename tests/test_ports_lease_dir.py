@@ -22,7 +22,7 @@ from pyspark_safestop.ports import (
     leased_port,
 )
 
-pytestmark = pytest.mark.usefixtures("private_port_leases")
+pytestmark = [pytest.mark.usefixtures("private_port_leases"), pytest.mark.pure]
 
 
 @pytest.fixture

@@ -25,7 +25,10 @@ from tests.children import PLUGIN_ONLY, clean_env, in_own_session, run_python
 RUN_TIMEOUT = 300.0
 #: How long a run without the package's help is watched before it is declared stuck (a
 #: healthy run of these suites takes 15-30 s; the client retries a dead server for minutes).
-STUCK_AFTER = 60.0
+#: Seconds a run without help must still be going after the call that meets the dead server
+#: began (the suite marks that moment with a file): the package fails that call in about one.
+STUCK_AFTER = 30.0
+STALL_MARK = "stall-began"
 UNREACHABLE = 4.0
 
 KILLED_SUITE = """
@@ -40,6 +43,7 @@ def test_1(spark):
 def test_2_kills_the_server(spark, spark_connect_server):
     assert spark.range(3).count() == 3
     os.kill(spark_connect_server.pid, signal.SIGKILL)
+    open("stall-began", "w").close()
     spark.range(5).collect()
 
 
@@ -52,6 +56,9 @@ def test_4(spark):
 """
 
 REMOTE_SUITE = """
+open("stall-began", "w").close()  # collected: nothing is left to start before the first call
+
+
 def test_1(spark):
     spark.range(3).collect()
 
@@ -137,8 +144,15 @@ def _child(tmp_path: Path, suite: str, *args: str, **env: str) -> tuple[list[str
 
 
 def _still_running_after(argv: list[str], env: dict[str, str], cwd: Path, seconds: float) -> bool:
+    """Whether the run is still going ``seconds`` after its suite marked the stall's start."""
+    mark = cwd / STALL_MARK
     child = in_own_session(argv, env=env, cwd=cwd, output=False)
     try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not mark.exists():
+            if child.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if child.poll() is not None:

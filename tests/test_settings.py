@@ -16,6 +16,8 @@ from pyspark_safestop._settings import MAX_TIMEOUT, validate_timeout
 from tests.bootsite import load_boot
 from tests.children import PLUGIN_ONLY, clean_env, run_python
 
+pytestmark = pytest.mark.pure
+
 MINUS_HUGE = pytest.param(-(10**400), id="-10**400")
 TOO_LONG = [
     MAX_TIMEOUT + 0.5,
