@@ -188,6 +188,21 @@ def describe_machine(info: Mapping[str, Any], *, with_load: bool = True) -> str:
     return text + (f", load average at start {info['load_average']}" if with_load else "")
 
 
+def publish(
+    path: Path,
+    title: str,
+    *,
+    header: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    info: Mapping[str, Any],
+    runs: Any,
+) -> int:
+    """Print the table and write the runs, with the machine, as JSON; the exit status (0)."""
+    print_table(title, header, rows, info)
+    write_json(path, {"machine": info, "runs": runs})
+    return 0
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write results as JSON, creating the folder (benchmarks/results/ is not versioned)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,82 +17,14 @@ more than one per query can arrive. A run whose queries have not all run after
 
 from __future__ import annotations
 
-import select
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import benchmark_parser, child_env, prepare, print_table, write_json
+from _common import benchmark_parser, prepare, publish
 
 from pyspark_safestop.servers import SparkConnectServer
-from pyspark_safestop.testing.faults import FaultProxy
-
-CHILD = """
-import sys
-import pyspark_safestop  # a no-op with PYSPARK_SAFESTOP=0
-from pyspark_safestop import connect_session
-
-with connect_session(sys.argv[1]) as spark:
-    for i in range(int(sys.argv[2])):
-        spark.range(i % 7).collect()
-    print("queried", flush=True)
-    sys.stdin.readline()  # the session stays open until the parent has looked
-"""
-
-
-def measure(
-    python: str,
-    url: str,
-    *,
-    shim: bool,
-    queries: int,
-    every: int,
-    release_timeout: float,
-    spark_home: Path,
-    stall_after: float,
-) -> dict[str, int]:
-    """One run: queries sent, releases received by the proxy, and releases held at the end;
-    ``stalled`` when the queries had not all run after ``stall_after`` seconds."""
-    env = child_env(shim=shim)
-    # pyspark-client 4.2+ exits under `python -c` without a Spark home.
-    env.setdefault("SPARK_HOME", str(spark_home))
-    env["PYSPARK_SAFESTOP_RELEASE_TIMEOUT"] = f"{release_timeout:g}"
-    with FaultProxy(url) as proxy:
-        proxy.hang("ReleaseExecute", every=every)
-        child = subprocess.Popen(
-            [python, "-c", CHILD, proxy.url, str(queries)],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert child.stdin is not None
-        assert child.stdout is not None
-        try:
-            ready, _, _ = select.select([child.stdout], [], [], stall_after)
-            stalled = not ready
-            if ready and child.stdout.readline().strip() != "queried":
-                raise SystemExit(f"{python}: the client failed:\n{child.communicate()[1][-3000:]}")
-            if not stalled:
-                time.sleep(3 * release_timeout + 2)
-            result = {
-                "stalled": int(stalled),
-                "queries": proxy.calls("ExecutePlan"),
-                "releases_received": proxy.calls("ReleaseExecute"),
-                "releases_held": proxy.hung_now("ReleaseExecute"),
-            }
-            proxy.clear()  # the session stops promptly either way
-            child.stdin.write("done\n")
-            child.stdin.flush()
-            child.wait(120)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    return result
+from pyspark_safestop.testing.pool import hold_releases
 
 
 def main() -> int:
@@ -113,16 +45,22 @@ def main() -> int:
     try:
         for line, python in lines.items():
             for name, shim in (("upstream", False), ("pyspark-safestop", True)):
-                outcome = measure(
-                    python,
+                run = hold_releases(
                     server.url,
                     shim=shim,
+                    python=python,
                     queries=args.queries,
                     every=args.every,
                     release_timeout=args.release_timeout,
-                    spark_home=home,
+                    looks=(3 * args.release_timeout + 2,),
                     stall_after=args.stall_after,
                 )
+                outcome = {
+                    "stalled": int(run.stalled),
+                    "queries": run.queries,
+                    "releases_received": run.received[-1],
+                    "releases_held": run.held,
+                }
                 results.append({"line": line, "run": name, **outcome})
                 print(f"  {line} {name}: {outcome}", file=sys.stderr, flush=True)
     finally:
@@ -138,16 +76,13 @@ def main() -> int:
         ]
         for row in results
     ]
-    print_table(
+    title = (
         f"{args.queries} queries on one session, every {args.every}th ReleaseExecute held, "
         f"counted {3 * args.release_timeout + 2:g} s after the last query (release timeout "
-        f"{args.release_timeout:g} s)",
-        ["line", "run", "queries", "releases sent", "sent per query", "held at the proxy"],
-        rows,
-        info,
+        f"{args.release_timeout:g} s)"
     )
-    write_json(args.json, {"machine": info, "runs": results})
-    return 0
+    header = ["line", "run", "queries", "releases sent", "sent per query", "held at the proxy"]
+    return publish(args.json, title, header=header, rows=rows, info=info, runs=results)
 
 
 if __name__ == "__main__":

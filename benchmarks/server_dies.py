@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import benchmark_parser, child_env, fmt_seconds, prepare, print_table, write_json
+from _common import benchmark_parser, child_env, fmt_seconds, prepare, publish
 
 TEST = """
 def test_{i}(spark):
@@ -126,15 +126,12 @@ def main() -> int:
                 str(row["restarts"]),
             ]
         )
-    print_table(
+    title = (
         f"A suite of {args.tests} tests on the spark fixture, the server SIGKILLed in test "
-        f"{args.kill_at} (healthy: not killed)",
-        ["line", "run", "wall time", "tests done", "passed", "failed", "restarts"],
-        rows,
-        info,
+        f"{args.kill_at} (healthy: not killed)"
     )
-    write_json(args.json, {"machine": info, "runs": results})
-    return 0
+    header = ["line", "run", "wall time", "tests done", "passed", "failed", "restarts"]
+    return publish(args.json, title, header=header, rows=rows, info=info, runs=results)
 
 
 if __name__ == "__main__":

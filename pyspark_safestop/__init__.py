@@ -12,33 +12,13 @@ from __future__ import annotations
 import logging
 import sys
 
+from . import shim
 from ._settings import SafestopWarning
-from .shim import (
-    RpcHangError,
-    ServerUnreachableError,
-    activate,
-    connect_session,
-    install,
-    is_installed,
-    release_session_without_shutdown,
-    status,
-    stop_safely,
-    uninstall,
-)
+from .shim import *  # noqa: F403  (the shim's public names are the package's)
+from .shim._install import activate
 
-__all__ = [
-    "RpcHangError",
-    "SafestopWarning",
-    "ServerUnreachableError",
-    "__version__",
-    "connect_session",
-    "install",
-    "is_installed",
-    "release_session_without_shutdown",
-    "status",
-    "stop_safely",
-    "uninstall",
-]
+__all__ = ["SafestopWarning", "__version__"]
+__all__ += shim.__all__
 
 __version__ = "0.1.0"
 

@@ -73,9 +73,9 @@ def test_apply_wraps_once_and_revert_restores_the_very_object(
 def test_an_inherited_attribute_is_removed_again_not_copied_down(
     fake_module: types.ModuleType,
 ) -> None:
-    client_cls = fake_module.Client
     patcher = _patcher()
     patcher.apply([INHERITED])
+    client_cls = fake_module.Client
     assert "inherited" in vars(client_cls)
     assert client_cls().inherited() == "shim(base)"
     patcher.revert()

@@ -25,7 +25,7 @@ from .. import ports
 from .._settings import parse_conf, parse_count, parse_seconds
 from ..ports._checks import parse_port
 from ..servers._engines import ENGINES, EngineUnavailable, engine_from_env, make_server, master_for
-from ..servers._local import LocalServer
+from ..servers._local import LocalServer, ServerRequest
 from . import _doctor, _serve
 
 __all__ = ["build_parser", "main"]
@@ -282,14 +282,14 @@ def _add_serve(subparsers: _Subparsers) -> None:
 def _serve_command(args: argparse.Namespace) -> int:
     engine: str = args.engine or engine_from_env()
     try:
-        server = make_server(
-            engine,
+        request = ServerRequest(
             log_path=args.log,
             start_timeout=args.start_timeout,
             conf=dict(args.conf),
             spark_home=args.spark_home,
             master=args.master if args.master is not None else master_for(engine),
         )
+        server = make_server(engine, request)
     except EngineUnavailable as missing:
         _error("serve", f"cannot start a {engine} server: {missing}")
         return EXIT_REFUSED

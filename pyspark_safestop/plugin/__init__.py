@@ -166,14 +166,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
 
     def build(log_path: Path) -> LocalServer:
-        return make_server(
-            settings.engine,
-            log_path=log_path,
-            start_timeout=settings.start_timeout,
-            conf=settings.server_conf,
-            spark_home=settings.spark_home,
-            master=settings.master,
-        )
+        # Raises in the host's thread, which records the failure for every worker to read.
+        request = settings.request(log_path, settings.server_conf, settings.master)
+        return make_server(settings.engine, request)
 
     config.stash[HOST] = SharedServerHost(Path(base) / FOLDER_NAME, build, config.stash[SUPERVISOR])
 

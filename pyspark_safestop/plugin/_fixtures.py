@@ -56,14 +56,7 @@ def _new_server(
     master: str | None = None,
 ) -> LocalServer:
     try:
-        return make_server(
-            engine,
-            log_path=log_path,
-            start_timeout=settings.start_timeout,
-            conf=conf,
-            spark_home=settings.spark_home,
-            master=master,
-        )
+        return make_server(engine, settings.request(log_path, conf, master))
     except EngineUnavailable as missing:
         _unavailable(settings, str(missing))
     except ValueError as error:

@@ -6,8 +6,9 @@ naming the option and the value."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -28,6 +29,7 @@ from ..servers._engines import (
     check_engine,
     engine_from_env,
 )
+from ..servers._local import ServerRequest
 from ..servers._supervisor import MAX_RESTARTS
 
 #: ``1`` makes a missing Java, missing jars or ``--safestop-remote`` fail the tests that need a
@@ -72,6 +74,17 @@ class PluginSettings:
     master: str | None = DEFAULT_MASTER
     #: How many times a local server that dies is started again (0: never).
     server_restarts: int = MAX_RESTARTS
+
+    def request(self, log_path: Path, conf: Mapping[str, str], master: str | None) -> ServerRequest:
+        """What a server is asked for under these settings, with its own confs and master (the
+        settings' own, or the factory's)."""
+        return ServerRequest(
+            log_path=log_path,
+            start_timeout=self.start_timeout,
+            conf=conf,
+            spark_home=self.spark_home,
+            master=master,
+        )
 
 
 def add_options(parser: pytest.Parser) -> None:

@@ -15,7 +15,7 @@ The public names here are what the fixtures, ``serve``, the benchmarks and the e
 from __future__ import annotations
 
 from ._engines import DEFAULT_ENGINE, ENGINES, ENV_ENGINE, EngineUnavailable, make_server
-from ._local import BIND_HOST, LocalServer, RunningServer
+from ._local import BIND_HOST, LocalServer, RunningServer, ServerRequest
 from ._sail import NO_AUTH_NOTICE, SailServer, find_sail
 from ._spark import SparkConnectServer, find_spark_home, java_available
 
@@ -29,6 +29,7 @@ __all__ = [
     "LocalServer",
     "RunningServer",
     "SailServer",
+    "ServerRequest",
     "SparkConnectServer",
     "find_sail",
     "find_spark_home",

@@ -10,11 +10,9 @@ subclass and one entry in :data:`ENGINES`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from pathlib import Path
 
 from .._settings import master_from_env, warn
-from ._local import EngineUnavailable, LocalServer
+from ._local import EngineUnavailable, LocalServer, ServerRequest
 from ._sail import SailServer
 from ._spark import SparkConnectServer
 
@@ -70,9 +68,8 @@ def python_workers(
 ) -> tuple[str, list[str]]:
     """Which interpreter a server of ``engine`` runs Python UDFs in, and what keeps them from
     running there (sentences)."""
-    return ENGINES[check_engine(engine)].python_workers(
-        spark_home=spark_home, sail_executable=sail_executable
-    )
+    request = ServerRequest(spark_home=spark_home, sail_executable=sail_executable)
+    return ENGINES[check_engine(engine)].python_workers(request)
 
 
 def master_for(engine: str) -> str | None:
@@ -81,31 +78,13 @@ def master_for(engine: str) -> str | None:
     return master_from_env() if ENGINES[check_engine(engine)].has_master else None
 
 
-def make_server(
-    engine: str,
-    *,
-    log_path: Path | None = None,
-    start_timeout: float = 120.0,
-    conf: Mapping[str, str] | None = None,
-    spark_home: str | None = None,
-    sail_executable: str | None = None,
-    master: str | None = None,
-) -> LocalServer:
-    """A server of ``engine``, not started.
+def make_server(engine: str, request: ServerRequest | None = None) -> LocalServer:
+    """A server of ``engine`` for ``request`` (default: everything by default), not started.
 
-    ``conf``: Spark confs for ``spark``, ``SAIL_*`` settings for ``sail``. ``master``: where a
-    Spark server's executors run (default ``local[2]``; Sail refuses another). Raises
-    :class:`EngineUnavailable` when the engine cannot run here (no Java or jars, no ``sail``),
-    ``ValueError`` for an unknown engine or a refused setting (both named).
+    Raises :class:`EngineUnavailable` when the engine cannot run here (no Java or jars, no
+    ``sail``), ``ValueError`` for an unknown engine or a refused setting (both named).
     """
-    return ENGINES[check_engine(engine)].build(
-        log_path=log_path,
-        start_timeout=start_timeout,
-        conf=conf,
-        spark_home=spark_home,
-        sail_executable=sail_executable,
-        master=master,
-    )
+    return ENGINES[check_engine(engine)].build(request or ServerRequest())
 
 
 def describe(engine: str) -> str:

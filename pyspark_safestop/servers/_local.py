@@ -34,6 +34,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Protocol, TypeVar
@@ -41,7 +42,14 @@ from typing import ClassVar, Protocol, TypeVar
 from .._settings import validate_timeout
 from ..ports import hold_ipv6_loopback
 
-__all__ = ["BIND_HOST", "EngineUnavailable", "LocalServer", "RunningServer", "open_private_log"]
+__all__ = [
+    "BIND_HOST",
+    "EngineUnavailable",
+    "LocalServer",
+    "RunningServer",
+    "ServerRequest",
+    "open_private_log",
+]
 
 logger = logging.getLogger("pyspark_safestop")
 
@@ -149,6 +157,25 @@ def _forget_in_child(server: weakref.ReferenceType[LocalServer]) -> None:
         alive._forget()
 
 
+@dataclass(frozen=True)
+class ServerRequest:
+    """What a server is asked for, whatever its engine; each engine takes what applies to it
+    and refuses what it cannot honour."""
+
+    #: Where its output goes (default: a file in its private folder, removed at stop).
+    log_path: Path | None = None
+    #: Seconds it may take to accept connections.
+    start_timeout: float = 120.0
+    #: Spark confs for Spark, ``SAIL_*`` settings for Sail.
+    conf: Mapping[str, str] | None = None
+    #: The Spark distribution or pyspark folder with the jars (Spark).
+    spark_home: str | None = None
+    #: The ``sail`` executable (Sail).
+    sail_executable: str | None = None
+    #: Where a Spark server's executors run (default ``local[2]``; Sail refuses one).
+    master: str | None = None
+
+
 class RunningServer(Protocol):
     """What a user of a running server sees, whoever started it: this process
     (:class:`LocalServer`) or the run's host (the shared server). The fixture
@@ -232,17 +259,8 @@ class LocalServer:
     # -- what an engine provides ----------------------------------------------------------------
 
     @classmethod
-    def build(
-        cls,
-        *,
-        log_path: Path | None = None,
-        start_timeout: float = 120.0,
-        conf: Mapping[str, str] | None = None,
-        spark_home: str | None = None,
-        sail_executable: str | None = None,
-        master: str | None = None,
-    ) -> LocalServer:
-        """A server of this engine from the arguments every engine is given, not started.
+    def build(cls, request: ServerRequest) -> LocalServer:
+        """A server of this engine for ``request``, not started.
 
         Raises :class:`EngineUnavailable` when the engine cannot run here (the same check as
         :meth:`start`), ``ValueError`` for a setting it refuses (named).
@@ -250,11 +268,9 @@ class LocalServer:
         raise NotImplementedError
 
     @classmethod
-    def python_workers(
-        cls, *, spark_home: str | None = None, sail_executable: str | None = None
-    ) -> tuple[str, list[str]]:
-        """Which interpreter a server of this engine runs Python UDFs in, and what keeps them
-        from running there (sentences)."""
+    def python_workers(cls, request: ServerRequest) -> tuple[str, list[str]]:
+        """Which interpreter a server of this engine for ``request`` runs Python UDFs in, and
+        what keeps them from running there (sentences)."""
         raise NotImplementedError
 
     def _check_runnable(self) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from ._local import BIND_HOST, EngineUnavailable, LocalServer
+from ._local import BIND_HOST, EngineUnavailable, LocalServer, ServerRequest
 from ._workers import pyspark_in, sail_python
 
 __all__ = ["ENV_SAIL", "NO_AUTH_NOTICE", "SailServer", "find_sail"]
@@ -126,30 +126,24 @@ class SailServer(LocalServer):
         return f"sc://localhost:{self.port}"
 
     @classmethod
-    def build(
-        cls,
-        *,
-        log_path: Path | None = None,
-        start_timeout: float = 120.0,
-        conf: Mapping[str, str] | None = None,
-        spark_home: str | None = None,
-        sail_executable: str | None = None,
-        master: str | None = None,
-    ) -> SailServer:
-        """A server of the ``sail`` found (:func:`find_sail`), ``conf`` its ``SAIL_*``
+    def build(cls, request: ServerRequest) -> SailServer:
+        """A server of the ``sail`` found (:func:`find_sail`), ``request.conf`` its ``SAIL_*``
         settings; see :meth:`LocalServer.build`. A master is refused: Sail has none."""
-        if master is not None:
-            raise ValueError(f"master={master!r}: a Sail server has no Spark master")
-        if find_sail(sail_executable) is None:
-            raise EngineUnavailable(_missing(sail_executable))
-        return cls(sail_executable, log_path=log_path, start_timeout=start_timeout, extra_env=conf)
+        if request.master is not None:
+            raise ValueError(f"master={request.master!r}: a Sail server has no Spark master")
+        if find_sail(request.sail_executable) is None:
+            raise EngineUnavailable(_missing(request.sail_executable))
+        return cls(
+            request.sail_executable,
+            log_path=request.log_path,
+            start_timeout=request.start_timeout,
+            extra_env=request.conf,
+        )
 
     @classmethod
-    def python_workers(
-        cls, *, spark_home: str | None = None, sail_executable: str | None = None
-    ) -> tuple[str, list[str]]:
+    def python_workers(cls, request: ServerRequest) -> tuple[str, list[str]]:
         """The interpreter running ``sail``, which must hold a pyspark, and what it lacks."""
-        sail = find_sail(sail_executable)
+        sail = find_sail(request.sail_executable)
         python = None if sail is None else sail_python(sail)
         if python is None:
             return "the interpreter running sail (not found)", []

@@ -36,7 +36,7 @@ from typing import ClassVar
 from .._settings import DEFAULT_MASTER, validate_master
 from ..client._layouts import pyspark_package_dirs
 from ._launcher import REDACT_VAR
-from ._local import BIND_HOST, EngineUnavailable, LocalServer, open_private_log
+from ._local import BIND_HOST, EngineUnavailable, LocalServer, ServerRequest, open_private_log
 from ._workers import ENV_WORKER_PYTHON, NEEDS, WorkerPython, worker_python
 
 __all__ = [
@@ -236,33 +236,27 @@ class SparkConnectServer(LocalServer):
     # -- how it runs ----------------------------------------------------------------------------
 
     @classmethod
-    def build(
-        cls,
-        *,
-        log_path: Path | None = None,
-        start_timeout: float = 120.0,
-        conf: Mapping[str, str] | None = None,
-        spark_home: str | None = None,
-        sail_executable: str | None = None,
-        master: str | None = None,
-    ) -> SparkConnectServer:
-        """A server from the installed jars (or ``spark_home``); see :meth:`LocalServer.build`."""
+    def build(cls, request: ServerRequest) -> SparkConnectServer:
+        """A server from the installed jars (or ``request.spark_home``); see
+        :meth:`LocalServer.build`."""
         if not java_available():
             raise EngineUnavailable(_NO_JAVA)
-        home = find_spark_home(spark_home)
+        home = find_spark_home(request.spark_home)
         if home is None:
             raise EngineUnavailable(_NO_JARS)
         return cls(
-            home, log_path=log_path, start_timeout=start_timeout, extra_conf=conf, master=master
+            home,
+            log_path=request.log_path,
+            start_timeout=request.start_timeout,
+            extra_conf=request.conf,
+            master=request.master,
         )
 
     @classmethod
-    def python_workers(
-        cls, *, spark_home: str | None = None, sail_executable: str | None = None
-    ) -> tuple[str, list[str]]:
+    def python_workers(cls, request: ServerRequest) -> tuple[str, list[str]]:
         """The interpreter of its Python workers (:mod:`._workers`) and what it lacks."""
         python = worker_python()
-        return python.describe(), python.problems(find_spark_home(spark_home), *NEEDS)
+        return python.describe(), python.problems(find_spark_home(request.spark_home), *NEEDS)
 
     def _check_runnable(self) -> None:
         if not java_available():

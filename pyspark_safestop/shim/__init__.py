@@ -11,7 +11,7 @@ cannot be reached; :mod:`._connect` opens and stops a session for code outside t
 from __future__ import annotations
 
 from ._connect import connect_session, stop_safely
-from ._install import activate, install, is_installed, status, uninstall
+from ._install import install, is_installed, status, uninstall
 from ._reachability import ServerUnreachableError
 from ._release import release_session_without_shutdown
 from ._watchdog import RpcHangError
@@ -19,7 +19,6 @@ from ._watchdog import RpcHangError
 __all__ = [
     "RpcHangError",
     "ServerUnreachableError",
-    "activate",
     "connect_session",
     "install",
     "is_installed",
