@@ -287,9 +287,11 @@ def close_channel(client: Any) -> None:
     client._closed = True
 
 
-def has_release_session_rpc(client: Any) -> bool:
-    """Return whether this client's line has the ``ReleaseSession`` RPC (3.5 has not)."""
-    return hasattr(type(client), "release_session")
+def has_release_session_rpc() -> bool:
+    """Return whether the loaded client line has the ``ReleaseSession`` RPC (3.5 has not), as
+    its layout says; ``False`` for a client no layout describes (nothing is sent to it)."""
+    layout, _ = detect_loaded()
+    return layout is not None and layout.release_session_rpc
 
 
 def release_on_exit(client: Any) -> bool:

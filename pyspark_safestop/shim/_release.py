@@ -23,7 +23,7 @@ logger = logging.getLogger("pyspark_safestop")
 def wants_release(session: Any) -> bool:
     """Return whether stopping ``session`` should release it on the server (as upstream would)."""
     return bool(getattr(session, "release_session_on_close", True)) and (
-        _layouts.has_release_session_rpc(session.client)
+        _layouts.has_release_session_rpc()
     )
 
 
