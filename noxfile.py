@@ -141,6 +141,8 @@ def _pytest(session: nox.Session, *marks: str, python: str | None) -> None:
     session.run(
         "pytest",
         "--ignore=tests/activation",
+        # The slowest, in the log: where a line's time goes.
+        "--durations=15",
         *marks,
         *session.posargs,
         env={
