@@ -19,10 +19,12 @@ boot = load_boot()
 # -- in step with the package -------------------------------------------------------------------
 
 
+@pytest.mark.pure
 def test_watches_the_modules_the_package_patches() -> None:
     assert frozenset(_layouts.WATCHED_MODULES) == boot.WATCHED_MODULES
 
 
+@pytest.mark.pure
 def test_start_file_names_the_boot_function() -> None:
     entries = [
         line.strip()
@@ -32,6 +34,7 @@ def test_start_file_names_the_boot_function() -> None:
     assert entries == ["_pyspark_safestop_boot:boot"]
 
 
+@pytest.mark.pure
 def test_unknown_attribute_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_thing"):
         _ = boot.no_such_thing  # type: ignore[attr-defined]
@@ -40,6 +43,7 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
 # -- start-up -----------------------------------------------------------------------------------
 
 
+@pytest.mark.pure
 def test_pth_arms_the_hook_and_imports_nothing_heavy(site_dir: Path) -> None:
     result = run(
         site_dir,
@@ -55,6 +59,7 @@ def test_pth_arms_the_hook_and_imports_nothing_heavy(site_dir: Path) -> None:
     assert result["stderr"] == ""
 
 
+@pytest.mark.pure
 def test_pth_processed_twice_arms_once(site_dir: Path) -> None:
     result = run(
         site_dir,
@@ -67,6 +72,7 @@ def test_pth_processed_twice_arms_once(site_dir: Path) -> None:
     assert (result["state"], result["finders"]) == ("armed", 1)
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize("value", ["0", "off", "False"])
 def test_switch_off_leaves_no_hook(site_dir: Path, value: str) -> None:
     result = run(
@@ -77,6 +83,7 @@ def test_switch_off_leaves_no_hook(site_dir: Path, value: str) -> None:
     assert (result["state"], result["finders"]) == ("disabled", 0)
 
 
+@pytest.mark.pure
 def test_missing_boot_module_costs_one_line(site_dir: Path) -> None:
     # A half-removed install: the .pth is left without its module. Every interpreter of the
     # environment (pip's too) processes it, so a traceback there would be everywhere.
@@ -89,6 +96,7 @@ def test_missing_boot_module_costs_one_line(site_dir: Path) -> None:
     assert lines[0].endswith(f"delete {site_dir / 'pyspark_safestop.pth'}")
 
 
+@pytest.mark.pure
 def test_missing_boot_module_is_reported_once_per_interpreter(site_dir: Path) -> None:
     # Python 3.11's site processes a virtual environment's site-packages twice.
     (site_dir / "_pyspark_safestop_boot.py").unlink()
@@ -96,6 +104,7 @@ def test_missing_boot_module_is_reported_once_per_interpreter(site_dir: Path) ->
     assert len(result["stderr"].splitlines()) == 1, result["stderr"]
 
 
+@pytest.mark.pure
 def test_error_in_boot_is_one_line_once(site_dir: Path) -> None:
     result = run(
         site_dir,

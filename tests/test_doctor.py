@@ -141,6 +141,7 @@ def test_doctor_names_the_grpc_fork_hazard_where_it_is() -> None:
     assert said is (sys.version_info < (3, 10)), proc.stdout
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize("args", [["--bogus"], ["--json", "extra"]])
 def test_doctor_bad_arguments_are_usage_errors(args: list[str]) -> None:
     proc = doctor(*args)
@@ -296,6 +297,7 @@ def header_with(fake: Path) -> str:
     return line
 
 
+@pytest.mark.pure
 def test_the_fake_like_3_5_is_recognised(tmp_path: Path) -> None:
     # The other fakes differ from this one only where they say.
     found, _ = status_with(fake_pyspark(tmp_path / "fake"))
@@ -303,6 +305,7 @@ def test_the_fake_like_3_5_is_recognised(tmp_path: Path) -> None:
     assert "pyspark.sql.connect.client.core:SparkConnectClient.close" in found["patches"]
 
 
+@pytest.mark.pure
 def test_a_client_still_executing_is_not_imported_yet(tmp_path: Path) -> None:
     # Asked while the client module runs (a circular import), the answer is "not yet", not
     # "unknown"; once it is done, the layout is recognised.
@@ -316,6 +319,7 @@ def test_a_client_still_executing_is_not_imported_yet(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize("case", sorted(UNRECOGNISED))
 def test_an_unrecognised_client_is_reported_as_such(case: str, tmp_path: Path) -> None:
     fake = fake_pyspark(tmp_path / "fake", UNRECOGNISED[case])
@@ -330,6 +334,7 @@ def test_an_unrecognised_client_is_reported_as_such(case: str, tmp_path: Path) -
     assert "client not recognised (left untouched)" in header_with(fake)
 
 
+@pytest.mark.pure
 def test_a_client_that_raises_at_import_is_reported_with_its_error(tmp_path: Path) -> None:
     fake = fake_pyspark(tmp_path / "fake", RAISES)
     report = doctor_with(fake)
@@ -338,6 +343,7 @@ def test_a_client_that_raises_at_import_is_reported_with_its_error(tmp_path: Pat
     assert "client not importable (RuntimeError: boom at import)" in header_with(fake)
 
 
+@pytest.mark.pure
 def test_status_and_the_header_never_raise_for_an_odd_pyspark(tmp_path: Path) -> None:
     # Module attributes that raise, a version.py that is not text.
     fake = fake_pyspark(tmp_path / "fake", ODD)
@@ -350,6 +356,7 @@ def test_status_and_the_header_never_raise_for_an_odd_pyspark(tmp_path: Path) ->
     assert "pyspark (version unknown)'s Spark Connect client is not recognised" in report["summary"]
 
 
+@pytest.mark.pure
 def test_an_unrecognised_client_with_warnings_as_errors(tmp_path: Path) -> None:
     # pyspark first, then the shim: install() meets the unknown client at once. The warning
     # cannot be issued (it would raise inside the import): it is logged, once, and the shim

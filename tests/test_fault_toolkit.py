@@ -21,6 +21,7 @@ from pyspark_safestop.testing.traffic import busy_grpc  # noqa: E402
 MARKER = "MARKER-5f1c"
 
 
+@pytest.mark.engine
 @pytest.mark.server
 def test_a_marker_hangs_only_the_query_that_carries_it(spark_connect_url: str) -> None:
     with FaultProxy(spark_connect_url) as proxy:
@@ -44,6 +45,7 @@ def test_a_marker_hangs_only_the_query_that_carries_it(spark_connect_url: str) -
             assert proxy.faulted("ExecutePlan") == 1
 
 
+@pytest.mark.engine
 @pytest.mark.server
 def test_every_kth_call_is_picked(spark_connect_url: str) -> None:
     with FaultProxy(spark_connect_url) as proxy:
@@ -61,6 +63,7 @@ def test_every_kth_call_is_picked(spark_connect_url: str) -> None:
         assert proxy.calls("ExecutePlan") == 4
 
 
+@pytest.mark.pure
 def test_the_proxy_keeps_the_url_of_its_upstream() -> None:
     proxy = FaultProxy("sc://localhost:15002/;token=abc;use_ssl=false")
     proxy.start()
@@ -71,6 +74,7 @@ def test_the_proxy_keeps_the_url_of_its_upstream() -> None:
         proxy.stop()
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize(
     ("call", "named"),
     [
@@ -84,11 +88,13 @@ def test_bad_arguments_are_refused_by_name(call: Any, named: str) -> None:
         call(FaultProxy("127.0.0.1:15002"))
 
 
+@pytest.mark.pure
 def test_a_bad_upstream_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="upstream"):
         FaultProxy("localhost")
 
 
+@pytest.mark.pure
 def test_a_parked_thread_proves_the_hang() -> None:
     """The evidence rule: a thread whose frames show a signature, in order, is parked there;
     the same frames out of order, or a bounded wait, are not."""
@@ -109,6 +115,7 @@ def test_a_parked_thread_proves_the_hang() -> None:
     assert parked_in([bounded, backwards], [signature]) is None
 
 
+@pytest.mark.pure
 def test_busy_grpc_keeps_its_callers_calling_until_the_end_of_the_block() -> None:
     def callers() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name.startswith("busy-grpc-")]

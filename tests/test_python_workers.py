@@ -18,6 +18,7 @@ from pyspark_safestop.servers._workers import ENV_WORKER_PYTHON, server_pyspark,
 from tests.children import clean_env, run_inner, run_python
 
 
+@pytest.mark.pure
 def test_the_workers_run_the_tests_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_WORKER_PYTHON, raising=False)
     chosen = worker_python()
@@ -28,6 +29,7 @@ def test_the_workers_run_the_tests_interpreter(monkeypatch: pytest.MonkeyPatch) 
     assert chosen.describe() == f"{sys.executable} (Python {version}, this interpreter)"
 
 
+@pytest.mark.pure
 def test_pyspark_python_set_by_the_user_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_WORKER_PYTHON, sys.executable)
     assert worker_python().source == ENV_WORKER_PYTHON
@@ -35,6 +37,7 @@ def test_pyspark_python_set_by_the_user_is_kept(monkeypatch: pytest.MonkeyPatch)
     assert worker_python("/bin/false").source == "given"
 
 
+@pytest.mark.pure
 def test_a_worker_python_that_cannot_run_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_WORKER_PYTHON, "/nonexistent/python3")
     chosen = worker_python()
@@ -42,6 +45,7 @@ def test_a_worker_python_that_cannot_run_is_said(monkeypatch: pytest.MonkeyPatch
     assert chosen.problems(None) == ["the workers' Python /nonexistent/python3 cannot be run"]
 
 
+@pytest.mark.pure
 def test_the_server_pyspark_requirements_are_read_from_its_metadata(tmp_path: Path) -> None:
     home = tmp_path / "site-packages" / "pyspark"
     home.mkdir(parents=True)
@@ -99,6 +103,7 @@ def _base_interpreter() -> str:
     return str(base)
 
 
+@pytest.mark.engine
 @pytest.mark.server
 def test_udfs_fail_on_another_interpreter_and_pass_on_the_tests() -> None:
     home = find_spark_home()
