@@ -134,43 +134,47 @@ def _read_enabled() -> tuple[bool, str | None]:
     return True, f"{ENV_ENABLED}={raw!r} is not understood (use 0 or 1); keeping the shim enabled"
 
 
-def _read_release_timeout() -> tuple[float, str | None]:
-    raw = os.environ.get(ENV_RELEASE_TIMEOUT)
+def _read_seconds(
+    name: str, default: float | None, *, off: bool, fallback: str
+) -> tuple[float | None, str | None]:
+    """A seconds variable through :func:`parse_seconds`: its value (``None`` for ``0`` where
+    ``off``), else ``default`` and what to warn, ending with ``fallback``."""
+    raw = os.environ.get(name)
     if raw is None or not raw.strip():
-        return DEFAULT_RELEASE_TIMEOUT, None
+        return default, None
     try:
-        return validate_timeout(float(raw), ENV_RELEASE_TIMEOUT), None
+        seconds = parse_seconds(raw, name, zero=off)
     except ValueError:
-        return DEFAULT_RELEASE_TIMEOUT, (
-            f"{ENV_RELEASE_TIMEOUT}={raw!r} is not a positive number of seconds up to "
-            f"{MAX_TIMEOUT:g}; using the default, {DEFAULT_RELEASE_TIMEOUT:g}"
+        limit = (
+            f"a number of seconds up to {MAX_TIMEOUT:g} (0: off)"
+            if off
+            else f"a positive number of seconds up to {MAX_TIMEOUT:g}"
         )
+        return default, f"{name}={raw!r} is not {limit}; {fallback}"
+    return (None if seconds == 0 else seconds), None
+
+
+def _read_release_timeout() -> tuple[float, str | None]:
+    seconds, problem = _read_seconds(
+        ENV_RELEASE_TIMEOUT,
+        DEFAULT_RELEASE_TIMEOUT,
+        off=False,
+        fallback=f"using the default, {DEFAULT_RELEASE_TIMEOUT:g}",
+    )
+    return (DEFAULT_RELEASE_TIMEOUT if seconds is None else seconds), problem
 
 
 def _read_hang_timeout() -> tuple[float | None, str | None]:
-    raw = os.environ.get(ENV_HANG_TIMEOUT)
-    if raw is None or not raw.strip():
-        return None, None
-    try:
-        return validate_hang_timeout(float(raw), ENV_HANG_TIMEOUT), None
-    except ValueError:
-        return None, (
-            f"{ENV_HANG_TIMEOUT}={raw!r} is not a number of seconds up to {MAX_TIMEOUT:g} "
-            "(0: off); the hang watchdog stays off"
-        )
+    return _read_seconds(ENV_HANG_TIMEOUT, None, off=True, fallback="the hang watchdog stays off")
 
 
 def _read_unreachable_timeout() -> tuple[float | None, str | None]:
-    raw = os.environ.get(ENV_UNREACHABLE_TIMEOUT)
-    if raw is None or not raw.strip():
-        return DEFAULT_UNREACHABLE_TIMEOUT, None
-    try:
-        return validate_hang_timeout(float(raw), ENV_UNREACHABLE_TIMEOUT), None
-    except ValueError:
-        return DEFAULT_UNREACHABLE_TIMEOUT, (
-            f"{ENV_UNREACHABLE_TIMEOUT}={raw!r} is not a number of seconds up to "
-            f"{MAX_TIMEOUT:g} (0: off); using the default, {DEFAULT_UNREACHABLE_TIMEOUT:g}"
-        )
+    return _read_seconds(
+        ENV_UNREACHABLE_TIMEOUT,
+        DEFAULT_UNREACHABLE_TIMEOUT,
+        off=True,
+        fallback=f"using the default, {DEFAULT_UNREACHABLE_TIMEOUT:g}",
+    )
 
 
 def enabled_from_env() -> bool:
