@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop.client import _layouts
+from pyspark_safestop.client import _layouts, _operations
 
 pytest.importorskip("grpc")
 
@@ -56,7 +56,7 @@ def test_every_stub_the_client_holds_moves_to_the_new_channel(cls: type, attribu
     pytest.importorskip("pyspark.sql.connect.proto.base_pb2_grpc")
     client = cls()
     channel = _Channel()
-    _layouts.replace_channel(client, _layouts.LAYOUT_4_0, channel)
+    _operations.replace_channel(client, _layouts.LAYOUT_4_0, channel)
     assert client._channel is channel
     assert type(getattr(client, attribute)).__name__ == "SparkConnectServiceStub"
     assert type(client._artifact_manager._stub).__name__ == "SparkConnectServiceStub"

@@ -26,7 +26,7 @@ from pyspark_safestop.cli._doctor import (
     grpc_fork_hazard,
     suite_hazards,
 )
-from pyspark_safestop.client import _layouts
+from pyspark_safestop.client import _operations
 from pyspark_safestop.client._layouts import LAYOUTS
 from tests.children import PLUGIN_ONLY, REPO_ROOT, clean_env, run_python
 
@@ -106,7 +106,7 @@ def test_doctor_reports_this_line_with_the_shim_off(client_layout: str) -> None:
     assert report["shim"]["active"] == "no"
     assert report["settings"]["enabled"] is False
     # Whether this client sends a token to a local server by itself (3.5 does not).
-    needs = _layouts.token_needs_channel_builder()
+    needs = _operations.token_needs_channel_builder()
     assert report["pyspark"]["token_needs_channel_builder"] is needs
 
 

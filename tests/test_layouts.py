@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop.client import _layouts
+from pyspark_safestop.client import _operations
 
 proto = pytest.importorskip("pyspark.sql.connect.proto")
 needs_release_rpc = pytest.mark.skipif(
@@ -65,7 +65,7 @@ def test_release_sends_what_the_client_itself_would_send(
     client_class: type[_ApacheClient], expected: list[tuple[str, str]]
 ) -> None:
     client = client_class()
-    _layouts.release_server_side(client, 2.5)
+    _operations.release_server_side(client, 2.5)
     (sent,) = client._stub.sent
     assert sent["metadata"] == expected
     assert sent["timeout"] == 2.5
@@ -82,5 +82,5 @@ def test_server_address_never_shows_the_url() -> None:
     class Client:
         _builder = Builder()
 
-    assert _layouts.server_address(Client()) == "localhost:1234"
-    assert _layouts.server_address(object()) == "?"
+    assert _operations.server_address(Client()) == "localhost:1234"
+    assert _operations.server_address(object()) == "?"

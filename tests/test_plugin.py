@@ -14,7 +14,7 @@ import pytest
 
 from pyspark_safestop import plugin
 from pyspark_safestop._settings import SafestopWarning
-from pyspark_safestop.client import _layouts
+from pyspark_safestop.client import _operations
 from pyspark_safestop.plugin import connect_session
 from pyspark_safestop.servers import SparkConnectServer
 from tests.children import run_inner
@@ -43,7 +43,7 @@ def test_a_token_url_on_3_5_is_explained_once(
             plugin._fixtures._warn_if_token_needs_channel_builder()
     said = [w for w in caught if issubclass(w.category, SafestopWarning)]
     # 3.5, and Databricks Connect 16.1 (built like 4.0 but with 3.5's channel builder).
-    if client_layout == "3.5" or _layouts.token_needs_channel_builder():
+    if client_layout == "3.5" or _operations.token_needs_channel_builder():
         assert len(said) == 1, said
         assert "connect_session" in str(said[0].message)
     else:
@@ -53,7 +53,7 @@ def test_a_token_url_on_3_5_is_explained_once(
 def test_connect_session_stops_the_session_on_leaving(spark_connect_url: str) -> None:
     with connect_session(spark_connect_url) as session:
         assert session.range(2).count() == 2
-    assert _layouts.is_closed(session.client)
+    assert _operations.is_closed(session.client)
 
 
 class TestPerClass:
@@ -69,7 +69,7 @@ class TestPerClass:
 def test_per_class_session_was_stopped() -> None:
     session = _seen.pop("class", None)
     assert session is not None, "TestPerClass did not get its session: see its failure above"
-    assert _layouts.is_closed(session.client)
+    assert _operations.is_closed(session.client)
 
 
 # -- inner runs ---------------------------------------------------------------------------------

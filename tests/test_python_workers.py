@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pyspark_safestop.client import _layouts
+from pyspark_safestop.client import _operations
 from pyspark_safestop.servers import SparkConnectServer, find_spark_home
 from pyspark_safestop.servers._workers import ENV_WORKER_PYTHON, server_pyspark, worker_python
 from tests.children import clean_env, run_inner, run_python
@@ -162,7 +162,7 @@ def test_functions_work_on_the_fixtures_sessions(spark_connect_url: str, tmp_pat
     # Where pyspark picks Connect or classic by the environment (the full distribution; the
     # thin ones and Databricks Connect are Connect only) and where the builder alone can
     # reach the server (not 3.5's token over TLS only).
-    if _mode_by_environment(env) and not _layouts.token_needs_channel_builder():
+    if _mode_by_environment(env) and not _operations.token_needs_channel_builder():
         raw = run_python(script, spark_connect_url, "raw", env=env, timeout=120)
         assert raw.returncode != 0
         assert "SESSION_OR_CONTEXT_NOT_EXISTS" in raw.stderr, raw.stderr[-3000:]

@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 import pytest
 
-from pyspark_safestop.client import _layouts
+from pyspark_safestop.client import _operations
 from pyspark_safestop.servers import (
     SailServer,
     SparkConnectServer,
@@ -152,7 +152,7 @@ def test_the_owner_runs_commands_and_a_stranger_is_refused(
     marker = tmp_path / "stranger-ran-it"
     # Where the client sends a token only over TLS (3.5, Databricks Connect 16.1), a guessed one
     # never reaches this plain server: its handshake fails, retried for about a minute.
-    guess = "no" if _layouts.token_needs_channel_builder() else "guess"
+    guess = "no" if _operations.token_needs_channel_builder() else "guess"
     script = tmp_path / "stranger.py"
     script.write_text(STRANGER)
     copy = foreign_user.copy(script)

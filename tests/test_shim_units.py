@@ -164,7 +164,7 @@ def releases(monkeypatch: pytest.MonkeyPatch) -> list[tuple[_Client, float]]:
     """The releases the stop path sends, recorded instead of sent."""
     sent: list[tuple[_Client, float]] = []
     monkeypatch.setattr(
-        _release._layouts, "release_server_side", lambda client, t: sent.append((client, t))
+        _release._operations, "release_server_side", lambda client, t: sent.append((client, t))
     )
     return sent
 
@@ -187,7 +187,7 @@ def test_stop_path_closes_the_channel_when_the_release_fails_or_is_interrupted(
     def refused(client: Any, timeout: float) -> None:
         raise RuntimeError("UNAVAILABLE")
 
-    monkeypatch.setattr(_release._layouts, "release_server_side", refused)
+    monkeypatch.setattr(_release._operations, "release_server_side", refused)
     client = _Client()
     assert _release.release_and_close(client, 1.0, release=True) is False
     assert client._channel.closed
@@ -195,7 +195,7 @@ def test_stop_path_closes_the_channel_when_the_release_fails_or_is_interrupted(
     def interrupted(client: Any, timeout: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_release._layouts, "release_server_side", interrupted)
+    monkeypatch.setattr(_release._operations, "release_server_side", interrupted)
     client = _Client()
     with pytest.raises(KeyboardInterrupt):
         _release.release_and_close(client, 1.0, release=True)
@@ -220,7 +220,7 @@ class _Session:
 def test_exit_closes_every_session_never_stopped_and_skips_the_closed(
     releases: list[tuple[_Client, float]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_exit._layouts, "release_on_exit", lambda client: False)
+    monkeypatch.setattr(_exit._operations, "release_on_exit", lambda client: False)
     open_one, stopped = _Session(), _Session()
     stopped.client._closed = True  # type: ignore[attr-defined]
     for session in (open_one, stopped):
@@ -238,7 +238,7 @@ def test_exit_closes_every_session_never_stopped_and_skips_the_closed(
 def test_exit_releases_within_one_budget_where_upstream_would(
     releases: list[tuple[_Client, float]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_exit._layouts, "release_on_exit", lambda client: True)
+    monkeypatch.setattr(_exit._operations, "release_on_exit", lambda client: True)
     sessions = [_Session() for _ in range(3)]
     for session in sessions:
         _sessions.add(session)

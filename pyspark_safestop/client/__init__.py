@@ -9,6 +9,6 @@ nothing elsewhere. Importing this package never imports pyspark.
 
 from __future__ import annotations
 
-from ._layouts import session_builder
+from ._operations import session_builder
 
 __all__ = ["session_builder"]

@@ -77,11 +77,11 @@ def main() -> None:
     found["status_was_active"] = bool(found["activated"]) and pyspark_safestop.is_installed()
     found["token_needs_channel_builder"] = None
     if found["connect_error"] is None and found["pyspark_imported"]:
-        from pyspark_safestop.client import _layouts
+        from pyspark_safestop.client import _operations
 
         # A client not recognised: nothing to say about its tokens.
         with contextlib.suppress(Exception):
-            found["token_needs_channel_builder"] = _layouts.token_needs_channel_builder()
+            found["token_needs_channel_builder"] = _operations.token_needs_channel_builder()
     print(json.dumps(found, default=str))
 
 

@@ -16,7 +16,7 @@ from .._settings import (
     SafestopWarning,
     master_from_env,
 )
-from ..client import _layouts
+from ..client import _operations
 from ..servers._engines import (
     EngineUnavailable,
     check_engine,
@@ -200,7 +200,7 @@ def _warn_if_token_needs_channel_builder() -> None:
     # Once per process: every test of a 3.5 suite asks for the URL.
     global _warned_token_url
     with contextlib.suppress(Exception, SystemExit):
-        if _warned_token_url or not _layouts.token_needs_channel_builder():
+        if _warned_token_url or not _operations.token_needs_channel_builder():
             return
         _warned_token_url = True
         warnings.warn(

@@ -7,7 +7,7 @@ server; what differs is what a shared machine needs:
   it in its environment (``SPARK_CONNECT_AUTHENTICATE_TOKEN``), never on a command line, which
   every user can read; it is in no log and no ``repr``. :attr:`SparkConnectServer.url` carries
   it: ``sc://localhost:PORT/;token=...``, which 4.0+ clients send over gRPC local credentials
-  (3.5 needs :func:`pyspark_safestop.client._layouts.session_builder`).
+  (3.5 needs :func:`pyspark_safestop.client._operations.session_builder`).
 - **Never outliving its owner.** The JVM runs under a small launcher (:mod:`._launcher`) that
   stops it when a pipe from this process reaches end of file, which the kernel guarantees when
   this process dies, SIGKILL included; the JVM dies with the launcher (``PR_SET_PDEATHSIG``).
@@ -138,7 +138,7 @@ class SparkConnectServer(LocalServer):
     """A local Spark Connect server (a JVM), usable as a context manager::
 
         with SparkConnectServer(home) as server:
-            spark = _layouts.session_builder(server.url).create()
+            spark = session_builder(server.url).create()
 
     Only its owner can use it (see the module's description); it is stopped by ``stop()``, at
     the end of the ``with`` block, or, when this process ends in any way, by its launcher.

@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from ..client import _layouts
+from ..client import _operations
 from ._release import release_session_without_shutdown
 from ._state import STATE
 
@@ -41,7 +41,7 @@ def connect_session(url: str) -> Iterator[Any]:
             with connect_session(spark_connect_url) as session:
                 yield session
     """
-    session = _layouts.session_builder(url).create()
+    session = _operations.session_builder(url).create()
     try:
         yield session
     finally:

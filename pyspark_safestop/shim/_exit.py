@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 
-from ..client import _layouts
+from ..client import _operations
 from . import _reachability, _sessions
 from ._release import release_and_close
 from ._state import STATE
@@ -59,10 +59,10 @@ def close_live_sessions(budget: float) -> int:
     for session in _sessions.live():
         try:
             client = session.client
-            if _layouts.is_closed(client):
+            if _operations.is_closed(client):
                 continue
             remaining = deadline - time.monotonic()
-            release = remaining > 0 and _layouts.release_on_exit(client)
+            release = remaining > 0 and _operations.release_on_exit(client)
             release_and_close(client, max(remaining, 0.0), release=release)
             closed += 1
         except Exception:
@@ -77,7 +77,7 @@ def _at_exit() -> None:
         _reachability.stop_waiting()
         closed = close_live_sessions(STATE.settings.release_timeout)
         layout = STATE.layout
-        pool = _layouts.shutdown_release_pool_nowait(layout) if layout is not None else False
+        pool = _operations.shutdown_release_pool_nowait(layout) if layout is not None else False
         logger.debug("exit: closed %d channel(s), release pool shut down: %s", closed, pool)
     except Exception:
         logger.debug("exit hook failed", exc_info=True)

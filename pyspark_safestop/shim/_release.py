@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from .._settings import validate_timeout
-from ..client import _layouts
+from ..client import _operations
 from ._state import STATE
 
 __all__ = ["release_and_close", "release_session_without_shutdown", "wants_release"]
@@ -23,7 +23,7 @@ logger = logging.getLogger("pyspark_safestop")
 def wants_release(session: Any) -> bool:
     """Return whether stopping ``session`` should release it on the server (as upstream would)."""
     return bool(getattr(session, "release_session_on_close", True)) and (
-        _layouts.has_release_session_rpc()
+        _operations.has_release_session_rpc()
     )
 
 
@@ -35,13 +35,13 @@ def release_and_close(client: Any, timeout: float, *, release: bool) -> bool:
     is closed whatever happens, even on ``KeyboardInterrupt``: an open channel keeps its hung
     RPCs (and a release-pool worker) alive, and nothing else would close it.
     """
-    if _layouts.is_closed(client):
+    if _operations.is_closed(client):
         return False
     released = False
     try:
         if release:
             try:
-                _layouts.release_server_side(client, timeout)
+                _operations.release_server_side(client, timeout)
                 released = True
             except Exception as error:
                 logger.warning(
@@ -51,7 +51,7 @@ def release_and_close(client: Any, timeout: float, *, release: bool) -> bool:
                     error,
                 )
     finally:
-        _layouts.close_channel(client)
+        _operations.close_channel(client)
     return released
 
 
@@ -86,5 +86,5 @@ def release_session_without_shutdown(session: Any, timeout: float | None = None)
         )
     released = release_and_close(client, seconds, release=wants_release(session))
     if not STATE.installed:
-        client.close = functools.partial(_layouts.close_channel, client)
+        client.close = functools.partial(_operations.close_channel, client)
     return released

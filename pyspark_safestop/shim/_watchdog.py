@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..client import _layouts
+from ..client import _layouts, _operations
 from . import _reachability
 from ._reachability import ServerUnreachableError
 
@@ -554,13 +554,13 @@ def watch_client(
     if getattr(client, "_safestop_watched", False):
         return False
     interceptor = interceptor_class(
-        _layouts.server_address(client),
+        _operations.server_address(client),
         str(getattr(client, "_session_id", "")),
         timeout,
         unreachable,
         release,
     )
     channel = grpc.intercept_channel(client._channel, interceptor)
-    _layouts.replace_channel(client, layout, channel)
+    _operations.replace_channel(client, layout, channel)
     client._safestop_watched = True
     return True

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..client import _layouts
+from ..client import _operations
 from . import _sessions, _watchdog
 from ._release import release_and_close, wants_release
 from ._state import STATE
@@ -77,7 +77,7 @@ def close(wrapped: _Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[
     release futures (4.2+). Never locks or waits, so it is safe from ``__del__``."""
     if instance is None:
         return wrapped(*args, **kwargs)
-    _layouts.close_channel(instance)
+    _operations.close_channel(instance)
     return None
 
 
@@ -88,7 +88,7 @@ def release_session(
     upstream's retries with no deadline (or a 10-minute one on 4.3). Raises as upstream does."""
     if instance is None:
         return wrapped(*args, **kwargs)
-    _layouts.release_server_side(instance, STATE.settings.release_timeout)
+    _operations.release_server_side(instance, STATE.settings.release_timeout)
     return None
 
 
