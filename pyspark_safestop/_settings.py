@@ -23,11 +23,14 @@ from dataclasses import dataclass
 __all__ = [
     "DEFAULT_MASTER",
     "DEFAULT_RELEASE_TIMEOUT",
+    "DEFAULT_REUSE_IDLE",
     "DEFAULT_UNREACHABLE_TIMEOUT",
     "ENV_ENABLED",
     "ENV_HANG_TIMEOUT",
     "ENV_MASTER",
     "ENV_RELEASE_TIMEOUT",
+    "ENV_REUSE_IDLE",
+    "ENV_REUSE_SERVER",
     "ENV_UNREACHABLE_TIMEOUT",
     "MAX_TIMEOUT",
     "SafestopWarning",
@@ -40,6 +43,8 @@ __all__ = [
     "parse_count",
     "parse_seconds",
     "release_timeout_from_env",
+    "reuse_idle_from_env",
+    "reuse_server_from_env",
     "unreachable_timeout_from_env",
     "validate_hang_timeout",
     "validate_master",
@@ -55,6 +60,11 @@ ENV_HANG_TIMEOUT = "PYSPARK_SAFESTOP_HANG_TIMEOUT"
 ENV_UNREACHABLE_TIMEOUT = "PYSPARK_SAFESTOP_UNREACHABLE_TIMEOUT"
 #: The master of the local Spark servers the package starts (as ``--safestop-master``).
 ENV_MASTER = "PYSPARK_SAFESTOP_MASTER"
+#: ``1``: the plugin's local server is a warm one, kept up between runs
+#: (``--safestop-reuse-server``).
+ENV_REUSE_SERVER = "PYSPARK_SAFESTOP_REUSE_SERVER"
+#: Seconds a warm server stays up unused (``--safestop-reuse-idle``).
+ENV_REUSE_IDLE = "PYSPARK_SAFESTOP_REUSE_IDLE"
 #: Two task threads in the server's JVM: small test queries, and room for a concurrent one.
 DEFAULT_MASTER = "local[2]"
 
@@ -65,6 +75,8 @@ DEFAULT_RELEASE_TIMEOUT = 5.0
 #: ``ServerUnreachableError``: long enough for a server to restart (a JVM starts in 5-20 s),
 #: far below the client's own retries (10 minutes and more).
 DEFAULT_UNREACHABLE_TIMEOUT = 30.0
+#: Seconds a warm server stays up with no run attached and no client connected.
+DEFAULT_REUSE_IDLE = 1800.0
 
 #: The longest timeout accepted anywhere, in seconds (one day). No release or server start
 #: needs more, and it stays far from the limits of what the timeouts are handed to: gRPC
@@ -242,6 +254,44 @@ def unreachable_timeout_from_env() -> float | None:
     return seconds
 
 
+def _read_reuse_server() -> tuple[bool, str | None]:
+    raw = os.environ.get(ENV_REUSE_SERVER)
+    word = "" if raw is None else raw.strip().lower()
+    if word in _FALSE_WORDS or not word:
+        return False, None
+    if word in _TRUE_WORDS:
+        return True, None
+    return False, f"{ENV_REUSE_SERVER}={raw!r} is not understood (use 0 or 1); not reusing"
+
+
+def _read_reuse_idle() -> tuple[float, str | None]:
+    seconds, problem = _read_seconds(
+        ENV_REUSE_IDLE,
+        DEFAULT_REUSE_IDLE,
+        off=False,
+        fallback=f"using the default, {DEFAULT_REUSE_IDLE:g}",
+    )
+    return (DEFAULT_REUSE_IDLE if seconds is None else seconds), problem
+
+
+def reuse_server_from_env() -> bool:
+    """Return whether ``PYSPARK_SAFESTOP_REUSE_SERVER`` asks for a warm server (unset: no); an
+    unrecognised value gives one warning and no."""
+    reuse, problem = _read_reuse_server()
+    if problem is not None:
+        _warn_once(ENV_REUSE_SERVER, os.environ.get(ENV_REUSE_SERVER, ""), problem)
+    return reuse
+
+
+def reuse_idle_from_env() -> float:
+    """Return ``PYSPARK_SAFESTOP_REUSE_IDLE`` in seconds, or :data:`DEFAULT_REUSE_IDLE`; a bad
+    value gives one warning and the default."""
+    seconds, problem = _read_reuse_idle()
+    if problem is not None:
+        _warn_once(ENV_REUSE_IDLE, os.environ.get(ENV_REUSE_IDLE, ""), problem)
+    return seconds
+
+
 def environment_problems() -> list[str]:
     """Return a message for each environment variable whose value is replaced by a default.
 
@@ -254,6 +304,8 @@ def environment_problems() -> list[str]:
         _read_hang_timeout()[1],
         _read_unreachable_timeout()[1],
         _read_master()[1],
+        _read_reuse_server()[1],
+        _read_reuse_idle()[1],
     )
     return [problem for problem in found if problem is not None]
 

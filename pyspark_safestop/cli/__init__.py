@@ -24,6 +24,7 @@ import psutil
 from .. import ports
 from .._settings import parse_conf, parse_count, parse_seconds
 from ..ports._checks import parse_port
+from ..servers import _warm as warm
 from ..servers._engines import ENGINES, EngineUnavailable, engine_from_env, make_server, master_for
 from ..servers._local import LocalServer, ServerRequest
 from . import _doctor, _serve
@@ -186,6 +187,40 @@ def _shorten(command: str, limit: int = 160) -> str:
     return f"{command[:half]} ... {command[-half:]}"
 
 
+# -- servers ----------------------------------------------------------------------------------
+
+
+def _add_servers(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "servers",
+        help="list this user's warm servers (--safestop-reuse-server), or stop them",
+        description=(
+            "List this user's warm servers, the local servers kept up between test runs by "
+            "--safestop-reuse-server: engine, state, port, PIDs, age, idle time and the idle "
+            "time after which each stops, fingerprint and what it runs. With --stop, stop "
+            "every one (and remove stale records). Prints nothing when there is none."
+        ),
+    )
+    parser.add_argument("--stop", action="store_true", help="stop them all")
+    parser.add_argument("--json", action="store_true", help="print them as JSON")
+    parser.set_defaults(handler=_servers_command)
+
+
+def _servers_command(args: argparse.Namespace) -> int:
+    try:
+        found = warm.stop_warm_servers() if args.stop else warm.warm_servers()
+    except (OSError, ValueError) as error:
+        _error("servers", error)
+        return EXIT_REFUSED
+    if args.json:
+        shown = [{**vars(server), "folder": str(server.folder)} for server in found]
+        print(json.dumps(shown, indent=2))
+        return EXIT_OK
+    for server in found:
+        print(f"{'stopped ' if args.stop else ''}{server.describe()}")
+    return EXIT_OK
+
+
 # -- doctor -----------------------------------------------------------------------------------
 
 
@@ -333,6 +368,7 @@ _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_kill_port,
     _add_doctor,
     _add_serve,
+    _add_servers,
 )
 
 
@@ -346,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=(
             "Check and serve Spark Connect for tests: doctor (is the hang here, is the shim "
-            "active), serve (a local server), and the ports and processes of test servers."
+            "active), serve (a local server), servers (the warm ones kept between runs), and "
+            "the ports and processes of test servers."
         ),
     )
     parser.add_argument(

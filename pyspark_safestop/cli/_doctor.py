@@ -35,6 +35,7 @@ from .._settings import (
 from ..client import _distribution, _layouts
 from ..servers._engines import engine_from_env, python_workers
 from ..servers._spark import find_spark_home, java_available
+from ..servers._warm import warm_servers
 
 __all__ = [
     "KNOWN_PROBLEMS",
@@ -234,6 +235,7 @@ def diagnose() -> dict[str, Any]:
     engine = engine_from_env()
     described, problems = python_workers(engine)
     return {
+        "warm_servers": [server.describe() for server in warm_servers()],
         "ok": verdict.ok,
         "summary": verdict.summary,
         "bug": verdict.bug,
@@ -446,6 +448,8 @@ def render(report: dict[str, Any]) -> str:
         rows.append((name, workers["described"]))
         rows += [(name, f"WARNING: {problem}") for problem in workers["problems"]]
     rows += [("suites", f"WARNING: {hazard}") for hazard in report.get("hazards", [])]
+    warm = report.get("warm_servers") or ["none (see `pyspark-safestop servers`)"]
+    rows += [("warm servers", line) for line in warm]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     lines.append("")

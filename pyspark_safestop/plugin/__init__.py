@@ -158,7 +158,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """With a shared server, the run's main process hosts it (it starts when first asked)."""
     config = session.config
     settings = config.stash.get(SETTINGS, None)
-    if settings is None or not settings.shared_server or settings.remote:
+    if settings is None or not settings.shared_server or settings.remote or settings.reuse_server:
         return
     if is_xdist_worker(config):
         return

@@ -30,6 +30,7 @@ from ..servers._shared import (
     wait_for_shared_server,
 )
 from ..servers._supervisor import Supervisor
+from ..servers._warm import WarmAttachment, attach
 from ._options import (
     PluginSettings,
 )
@@ -79,12 +80,35 @@ def _shared_server(
         pytest.fail(str(error), pytrace=False)
 
 
+def _warm_server(
+    settings: PluginSettings, engine: str, conf: dict[str, str], master: str | None
+) -> WarmAttachment:
+    try:
+        return attach(
+            engine,
+            settings.request(None, conf, master),
+            idle=settings.reuse_idle,
+            restarts=settings.server_restarts,
+        )
+    except EngineUnavailable as missing:
+        _unavailable(settings, str(missing))
+    except SharedServerFailed as failed:
+        if failed.unavailable:
+            _unavailable(settings, failed.reason)
+        pytest.fail(f"the reused server could not start: {failed.reason}", pytrace=False)
+    except ValueError as error:
+        pytest.fail(f"--safestop-server-conf / safestop_server_conf: {error}", pytrace=False)
+    except (RuntimeError, OSError) as error:  # TimeoutError included
+        pytest.fail(f"the reused server: {error}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def spark_connect_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     """A real local server of the chosen engine on 127.0.0.1, for this test session (or xdist
-    worker; with ``--safestop-shared-server``, for the whole run)."""
+    worker; with ``--safestop-shared-server``, for the whole run; with
+    ``--safestop-reuse-server``, a warm one kept up between runs)."""
     config = request.config
     settings = config.stash[SETTINGS]
     if settings.remote:
@@ -92,6 +116,16 @@ def spark_connect_server(
             settings,
             f"the fixtures use {without_token(settings.remote)}: no local server is started",
         )
+    if settings.reuse_server:
+        # Kept up after the run by its own host; this process only attaches to it.
+        attachment = _warm_server(settings, settings.engine, settings.server_conf, settings.master)
+        config.stash[SERVER] = attachment.server
+        try:
+            yield attachment.server
+        finally:
+            attachment.detach()
+            del config.stash[SERVER]
+        return
     if settings.shared_server:
         shared = _shared_server(config, settings, tmp_path_factory)
         config.stash[SERVER] = shared
@@ -130,22 +164,30 @@ class ServerFactory:
         self._tmp_path_factory = tmp_path_factory
         self._supervisor = supervisor
         self._servers: list[LocalServer] = []
+        self._attachments: list[WarmAttachment] = []
 
     def __call__(
         self,
         engine: str = "spark",
         conf: dict[str, str] | None = None,
         master: str | None = None,
-    ) -> LocalServer:
+        reuse: bool | None = None,
+    ) -> LocalServer | SharedServer:
         """Start a server of ``engine`` ("spark" or "sail"; ``ValueError`` naming another) with
         ``conf`` (Spark confs, or ``SAIL_*`` settings for Sail) and return it, started. A Spark
-        server's ``master`` defaults to the run's (``--safestop-master``).
+        server's ``master`` defaults to the run's (``--safestop-master``). With ``reuse``
+        (default: ``--safestop-reuse-server``), the warm server of these settings, kept up
+        between runs, is attached to (started when there is none) and returned.
 
         Skips the test (fails it with ``--safestop-require-server``) when the engine cannot run
         here."""
         check_engine(engine)
         if master is None and engine == "spark":
             master = self._settings.master or master_from_env()
+        if reuse or (reuse is None and self._settings.reuse_server):
+            attachment = _warm_server(self._settings, engine, dict(conf or {}), master)
+            self._attachments.append(attachment)
+            return attachment.server
         log_path = self._tmp_path_factory.mktemp(f"{engine}-server") / "server.log"
         server = _new_server(self._settings, engine, dict(conf or {}), log_path, master)
         self._servers.append(server)
@@ -155,7 +197,10 @@ class ServerFactory:
         return server
 
     def close(self) -> None:
-        """Stop every server started so far (each one, whatever happens to the others)."""
+        """Stop every server started so far (each one, whatever happens to the others), and
+        let the warm ones go idle."""
+        while self._attachments:
+            self._attachments.pop().detach()
         while self._servers:
             server = self._servers.pop()
             if self._supervisor is not None:

@@ -15,12 +15,17 @@ import pytest
 
 from .._settings import (
     DEFAULT_MASTER,
+    DEFAULT_REUSE_IDLE,
     ENV_HANG_TIMEOUT,
     ENV_MASTER,
+    ENV_REUSE_IDLE,
+    ENV_REUSE_SERVER,
     master_from_env,
     parse_conf,
     parse_count,
     parse_seconds,
+    reuse_idle_from_env,
+    reuse_server_from_env,
     validate_master,
 )
 from ..servers._engines import (
@@ -74,8 +79,14 @@ class PluginSettings:
     master: str | None = DEFAULT_MASTER
     #: How many times a local server that dies is started again (0: never).
     server_restarts: int = MAX_RESTARTS
+    #: A warm server, kept up between runs, instead of one started for this run.
+    reuse_server: bool = False
+    #: Seconds a warm server stays up unused.
+    reuse_idle: float = DEFAULT_REUSE_IDLE
 
-    def request(self, log_path: Path, conf: Mapping[str, str], master: str | None) -> ServerRequest:
+    def request(
+        self, log_path: Path | None, conf: Mapping[str, str], master: str | None
+    ) -> ServerRequest:
         """What a server is asked for under these settings, with its own confs and master (the
         settings' own, or the factory's)."""
         return ServerRequest(
@@ -175,6 +186,23 @@ def add_options(parser: pytest.Parser) -> None:
         action="store_true",
         default=None,
     )
+    option(
+        "reuse-server",
+        "keep the local server up after the run (detached from it) and attach to it in the next "
+        "runs that ask for the same server (engine, Spark home, master, confs, worker Python): "
+        "no start-up to wait for (ini: safestop_reuse_server; also "
+        f"{ENV_REUSE_SERVER}=1; see `pyspark-safestop servers`)",
+        action="store_true",
+        default=None,
+    )
+    option(
+        "reuse-idle",
+        "seconds a reused server stays up with no run attached and no client connected "
+        f"(ini: safestop_reuse_idle; default: {ENV_REUSE_IDLE}, else {DEFAULT_REUSE_IDLE:g})",
+        metavar="SECONDS",
+    )
+    parser.addini("safestop_reuse_server", "keep the local server up between runs", type="bool")
+    parser.addini("safestop_reuse_idle", "seconds a reused server stays up unused")
     parser.addini("safestop_remote", "Spark Connect URL to use instead of a local server")
     parser.addini("safestop_engine", "engine of the local server: spark or sail")
     parser.addini("safestop_master", "master of the local Spark server")
@@ -261,7 +289,18 @@ def read_settings(config: pytest.Config) -> PluginSettings:
         if start is None
         else _usage(parse_seconds, start, "--safestop-server-start-timeout")
     )
+    reuse = config.getoption("safestop_reuse_server", None)
+    if reuse is None:
+        reuse = bool(config.getini("safestop_reuse_server")) or reuse_server_from_env()
+    idle = _raw(config, "reuse_idle")
+    idle = (
+        reuse_idle_from_env()
+        if idle is None
+        else _usage(parse_seconds, idle, "--safestop-reuse-idle / safestop_reuse_idle")
+    )
     return PluginSettings(
+        reuse_server=bool(reuse),
+        reuse_idle=idle,
         remote=remote,
         release_timeout=timeout,
         hang_timeout=hang,

@@ -87,7 +87,12 @@ def report_header(config: pytest.Config) -> list[str]:
             f"pyspark-safestop: fixtures use {without_token(settings.remote)} (no local server)"
         )
     elif settings is not None:
-        scope = "one for the whole run" if settings.shared_server else "one per process"
+        if settings.reuse_server:
+            scope = f"a warm one kept between runs (stops after {settings.reuse_idle:g} s unused)"
+        elif settings.shared_server:
+            scope = "one for the whole run"
+        else:
+            scope = "one per process"
         where = f"master {settings.master}; " if settings.master else ""
         lines.append(
             f"pyspark-safestop: fixtures use {describe(settings.engine)}, {scope}; {where}"

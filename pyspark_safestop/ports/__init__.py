@@ -64,8 +64,8 @@ from ._allocation import (
 )
 from ._cleanup import register_cleanup
 from ._kill import kill_process_on_port
-from ._lease_dir import ENV_LEASE_DIR, LeaseDirectoryError, lease_directory
-from ._listeners import ProcessInfo, listeners_on_port
+from ._lease_dir import ENV_LEASE_DIR, LeaseDirectoryError, lease_directory, state_directory
+from ._listeners import ProcessInfo, listeners_on_port, process_info
 from ._refusals import (
     ForeignProcessError,
     KillRefusedError,
@@ -91,6 +91,8 @@ __all__ = [
     "leased_ports",
     "listeners_on_port",
     "port_from_env",
+    "process_info",
     "register_cleanup",
     "release_port",
+    "state_directory",
 ]

@@ -182,3 +182,18 @@ def lease_directory() -> Path:
     info = os.lstat(path)
     _checked_dir = (str(path), info.st_dev, info.st_ino)
     return path
+
+
+def state_directory(name: str) -> Path:
+    """A private folder ``name`` beside the lease directory's default one (mode 0700, created
+    when missing): ``pyspark-safestop/NAME`` in ``$XDG_RUNTIME_DIR`` when that is a private
+    directory of the current user, else ``pyspark-safestop-<uid>/NAME`` in the temporary
+    folder. The same checks as :func:`lease_directory`; :class:`LeaseDirectoryError` names the
+    folder another user could change."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"state folder name {name!r} must be one path component")
+    top = _default_lease_chain()[0]
+    _check_parent(top.parent, top)
+    _private_dir(top)
+    _private_dir(top / name)
+    return top / name

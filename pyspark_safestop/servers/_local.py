@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -48,6 +49,7 @@ __all__ = [
     "LocalServer",
     "RunningServer",
     "ServerRequest",
+    "conf_shown",
     "open_private_log",
 ]
 
@@ -96,6 +98,18 @@ def open_private_log(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def conf_shown(conf: Mapping[str, str], secret: re.Pattern[str]) -> str:
+    """``conf`` as one line of sorted ``KEY=VALUE``, the value of a key matching ``secret``
+    replaced by a digest of it (enough to tell two apart, nothing to read)."""
+    shown = []
+    for key in sorted(conf):
+        value = conf[key]
+        if secret.search(key):
+            value = "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
+        shown.append(f"{key}={value}")
+    return " ".join(shown)
 
 
 def tail_lines(fd: int, n: int) -> str:
@@ -272,6 +286,16 @@ class LocalServer:
         """Which interpreter a server of this engine for ``request`` runs Python UDFs in, and
         what keeps them from running there (sentences)."""
         raise NotImplementedError
+
+    def setup(self) -> dict[str, str]:
+        """What makes two servers of this engine the same server to a client (installation,
+        settings, worker interpreter), as text; a secret's value is shown as its digest. The
+        fingerprint of a warm server (:mod:`._warm`)."""
+        return {}
+
+    def installation(self) -> Path | None:
+        """The installation it runs from (a warm server stops when it disappears)."""
+        return None
 
     def _check_runnable(self) -> None:
         """Raise :class:`EngineUnavailable` naming what is missing to run this engine."""

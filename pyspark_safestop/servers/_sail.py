@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from ._local import BIND_HOST, EngineUnavailable, LocalServer, ServerRequest
+from ._local import BIND_HOST, EngineUnavailable, LocalServer, ServerRequest, conf_shown
 from ._workers import pyspark_in, sail_python
 
 __all__ = ["ENV_SAIL", "NO_AUTH_NOTICE", "SailServer", "find_sail"]
@@ -42,6 +42,8 @@ NO_AUTH_NOTICE = "Sail: no authentication — any local user can connect"
 #: Sail logs e.g. ``Starting the Spark Connect server on 127.0.0.1:43335...`` once it is bound.
 _STARTED_RE = re.compile(r"Starting the Spark Connect server on (?P<addr>\S+):(?P<port>\d+)")
 _CHECKPOINT_ENV = "SAIL_EXECUTION__CHECKPOINT__PATH"
+#: Settings whose values are secrets (shown as a digest).
+_SECRET_SETTING = re.compile(r"SECRET|PASSWORD|TOKEN|KEY", re.IGNORECASE)
 #: Where Sail's own processes listen, when it runs them: loopback, whatever the environment says.
 FORCED_ENV = {
     "SAIL_CLUSTER__DRIVER_LISTEN_HOST": BIND_HOST,
@@ -154,6 +156,17 @@ class SailServer(LocalServer):
                 "fails there (install pyspark-client and pandas beside pysail)"
             )
         return python.describe(), problems
+
+    def setup(self) -> dict[str, str]:
+        """Its ``sail`` executable and settings."""
+        return {
+            "sail": str(self.installation() or self._explicit),
+            "conf": conf_shown(self._extra_env, _SECRET_SETTING),
+        }
+
+    def installation(self) -> Path | None:
+        """The ``sail`` executable it runs."""
+        return find_sail(self._explicit)
 
     def _check_runnable(self) -> None:
         self._sail = find_sail(self._explicit)

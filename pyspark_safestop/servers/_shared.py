@@ -35,11 +35,16 @@ from ._local import EngineUnavailable, LocalServer, log_tail_of
 from ._supervisor import Death, Supervisor
 
 __all__ = [
+    "ERROR_RECORD",
     "FOLDER_NAME",
+    "SERVER_RECORD",
     "SharedServer",
     "SharedServerFailed",
     "SharedServerHost",
+    "private_folder",
+    "read_private",
     "wait_for_shared_server",
+    "write_private",
 ]
 
 logger = logging.getLogger("pyspark_safestop")
@@ -47,8 +52,8 @@ logger = logging.getLogger("pyspark_safestop")
 #: The folder, in the run's temporary base, where the host and its users meet.
 FOLDER_NAME = "pyspark-safestop-shared-server"
 _REQUEST = "request"
-_SERVER = "server.json"
-_ERROR = "error.txt"
+SERVER_RECORD = "server.json"
+ERROR_RECORD = "error.txt"
 _LOG = "server.log"
 _POLL_SECONDS = 0.05
 #: Seconds beyond the start timeout a user waits for the host's answer.
@@ -84,7 +89,7 @@ class SharedServer:
         server given up makes this process's calls to it fail at once with the reason."""
         deadline = time.monotonic() + timeout
         while True:
-            shown = _read_private(self.folder / _SERVER)
+            shown = read_private(self.folder / SERVER_RECORD)
             state = json.loads(shown) if shown is not None else {}
             if state.get("state") != "restarting" or time.monotonic() > deadline:
                 break
@@ -100,7 +105,7 @@ class SharedServer:
         return log_tail_of(self.log_path, n)
 
 
-def _private_folder(folder: Path) -> Path:
+def private_folder(folder: Path) -> Path:
     """Create ``folder`` 0700 (or accept it when it is already this user's private folder)."""
     with contextlib.suppress(FileExistsError):
         folder.mkdir(mode=0o700)
@@ -112,7 +117,7 @@ def _private_folder(folder: Path) -> Path:
     return folder
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` as a whole (0600, through a new file renamed into place)."""
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -122,7 +127,7 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def _read_private(path: Path) -> str | None:
+def read_private(path: Path) -> str | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -149,7 +154,7 @@ class SharedServerHost:
         """Watch ``folder`` (created 0700) for a request; nothing is started yet. The server,
         once started, is restarted by ``supervisor`` when it dies, on the same URL: the
         workers' clients find it again there."""
-        self.folder = _private_folder(folder)
+        self.folder = private_folder(folder)
         self._make_server = make_server
         self._supervisor = supervisor
         self._server: LocalServer | None = None
@@ -182,7 +187,7 @@ class SharedServerHost:
                 "reason": str(error),
                 "unavailable": isinstance(error, EngineUnavailable),
             }
-            _write_private(self.folder / _ERROR, json.dumps(failure))
+            write_private(self.folder / ERROR_RECORD, json.dumps(failure))
             return
         if self._closed.is_set():  # the run ended while it started
             server.stop()
@@ -203,7 +208,7 @@ class SharedServerHost:
             "state": state,
             "reason": reason,
         }
-        _write_private(self.folder / _SERVER, json.dumps(shown))
+        write_private(self.folder / SERVER_RECORD, json.dumps(shown))
 
     def _follow_death(self, server: LocalServer, death: Death | None) -> None:
         if self._closed.is_set():
@@ -221,7 +226,7 @@ class SharedServerHost:
         self._closed.set()
         self._thread.join(timeout)
         with contextlib.suppress(FileNotFoundError):
-            (self.folder / _SERVER).unlink()
+            (self.folder / SERVER_RECORD).unlink()
         if self._server is not None:
             if self._supervisor is not None:
                 self._supervisor.forget(self._server)
@@ -235,13 +240,13 @@ def wait_for_shared_server(folder: Path, start_timeout: float) -> SharedServer:
     ``RuntimeError`` when no answer comes within ``start_timeout`` (plus a margin): no host is
     watching.
     """
-    _private_folder(folder)
+    private_folder(folder)
     with contextlib.suppress(FileExistsError):
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         os.close(os.open(folder / _REQUEST, flags, 0o600))
     deadline = time.monotonic() + start_timeout + _WAIT_SLACK
     while True:
-        shown = _read_private(folder / _SERVER)
+        shown = read_private(folder / SERVER_RECORD)
         if shown is not None:
             data = json.loads(shown)
             return SharedServer(
@@ -253,7 +258,7 @@ def wait_for_shared_server(folder: Path, start_timeout: float) -> SharedServer:
                 log_path=Path(data["log_path"]),
                 folder=folder,
             )
-        error = _read_private(folder / _ERROR)
+        error = read_private(folder / ERROR_RECORD)
         if error is not None:
             failure = json.loads(error)
             raise SharedServerFailed(failure["reason"], unavailable=bool(failure["unavailable"]))

@@ -36,7 +36,14 @@ from typing import ClassVar
 from .._settings import DEFAULT_MASTER, validate_master
 from ..client._layouts import pyspark_package_dirs
 from ._launcher import REDACT_VAR
-from ._local import BIND_HOST, EngineUnavailable, LocalServer, ServerRequest, open_private_log
+from ._local import (
+    BIND_HOST,
+    EngineUnavailable,
+    LocalServer,
+    ServerRequest,
+    conf_shown,
+    open_private_log,
+)
 from ._workers import ENV_WORKER_PYTHON, NEEDS, WorkerPython, worker_python
 
 __all__ = [
@@ -258,6 +265,21 @@ class SparkConnectServer(LocalServer):
         python = worker_python()
         return python.describe(), python.problems(find_spark_home(request.spark_home), *NEEDS)
 
+    def setup(self) -> dict[str, str]:
+        """Its Spark home, master, confs, worker interpreter and the JVM's options."""
+        return {
+            "spark_home": str(self._spark_home),
+            "master": self._master,
+            "conf": conf_shown(self._extra_conf, _SECRET_CONF),
+            "python": self._python.executable,
+            "java_home": os.environ.get("JAVA_HOME", ""),
+            "jvm_options": os.environ.get("SPARK_SUBMIT_OPTS", ""),
+        }
+
+    def installation(self) -> Path:
+        """Its Spark home."""
+        return self._spark_home
+
     def _check_runnable(self) -> None:
         if not java_available():
             raise EngineUnavailable(_NO_JAVA)
@@ -309,6 +331,15 @@ class SparkConnectServer(LocalServer):
         if self._workdir is not None:
             # local-cluster's workers keep their executors' folders here, not in the Spark home.
             env["SPARK_WORKER_DIR"] = str(self._workdir / "work")
+            # The JVM's own temporary files (Spark's artifact and shuffle-service folders,
+            # native libraries it unpacks) go to the private folder too, not world-readable
+            # into /tmp, where they would outlive a server that was SIGKILLed.
+            # (spark-class splits the variable at spaces: a folder with one keeps the default.)
+            tmp = self._workdir / "tmp"
+            if " " not in str(tmp):
+                tmp.mkdir(mode=0o700, exist_ok=True)
+                options = env.get("SPARK_SUBMIT_OPTS", "")
+                env["SPARK_SUBMIT_OPTS"] = f"{options} -Djava.io.tmpdir={tmp}".strip()
         return env
 
     def __repr__(self) -> str:
