@@ -292,7 +292,8 @@ def test_a_bad_idle_time_is_a_usage_error_naming_it(tmp_path: Path) -> None:
         timeout=HANG,
     )
     assert run.returncode == 4, run.stdout + run.stderr
-    assert "--safestop-reuse-idle" in run.stderr and "'soon'" in run.stderr
+    assert "--safestop-reuse-idle" in run.stderr
+    assert "'soon'" in run.stderr
 
 
 def test_a_bad_reuse_variable_warns_once_and_reuses_nothing(tmp_path: Path) -> None:
@@ -322,5 +323,5 @@ def test_the_fingerprint_tells_settings_apart() -> None:
     secret = SparkConnectServer(home, extra_conf={"spark.authenticate.secret": "hunter2"})
     assert fingerprint("spark", plain)[0] == fingerprint("spark", SparkConnectServer(home))[0]
     assert fingerprint("spark", plain)[0] != fingerprint("spark", other)[0]
-    digest, parts = fingerprint("spark", secret)
+    _digest, parts = fingerprint("spark", secret)
     assert "hunter2" not in json.dumps(parts)
