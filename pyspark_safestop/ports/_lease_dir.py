@@ -184,15 +184,18 @@ def lease_directory() -> Path:
     return path
 
 
-def state_directory(name: str) -> Path:
+def state_directory(name: str, *, create: bool = True) -> Path | None:
     """A private folder ``name`` beside the lease directory's default one (mode 0700, created
     when missing): ``pyspark-safestop/NAME`` in ``$XDG_RUNTIME_DIR`` when that is a private
     directory of the current user, else ``pyspark-safestop-<uid>/NAME`` in the temporary
     folder. The same checks as :func:`lease_directory`; :class:`LeaseDirectoryError` names the
-    folder another user could change."""
+    folder another user could change. Without ``create``, ``None`` where it does not exist
+    (a look creates nothing)."""
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"state folder name {name!r} must be one path component")
     top = _default_lease_chain()[0]
+    if not create and not (top / name).exists():
+        return None
     _check_parent(top.parent, top)
     _private_dir(top)
     _private_dir(top / name)

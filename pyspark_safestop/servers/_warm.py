@@ -90,17 +90,20 @@ _POLL_SECONDS = 0.05
 _STOP_WAIT = 40.0
 
 
-def warm_directory() -> Path:
-    """The folder of the warm servers' folders (0700, created when missing):
-    ``$PYSPARK_SAFESTOP_WARM_DIR`` if it is an absolute path (a relative one gives one warning
-    and is ignored), else ``warm`` in the per-user state folder."""
+def warm_directory(*, create: bool = True) -> Path | None:
+    """The folder of the warm servers' folders (0700, created when missing; without
+    ``create``, ``None`` where it does not exist): ``$PYSPARK_SAFESTOP_WARM_DIR`` if it is an
+    absolute path (a relative one gives one warning and is ignored), else ``warm`` in the
+    per-user state folder. ``ValueError``/``OSError`` for a folder another user could use."""
     value = os.environ.get(ENV_WARM_DIR, "").strip()
     if value and not os.path.isabs(value):
         warn(f"{ENV_WARM_DIR}={value!r} is not an absolute path; using the default folder")
         value = ""
     if not value:
-        return state_directory("warm")
+        return state_directory("warm", create=create)
     path = Path(value)
+    if not create and not path.exists():
+        return None
     os.makedirs(path.parent, mode=0o700, exist_ok=True)
     return private_folder(path)
 
@@ -311,7 +314,9 @@ def attach(
     """
     server = make_server(engine, request)  # the engine's checks, here and not in the host
     digest, parts = fingerprint(engine, server)
-    folder = private_folder(warm_directory() / digest)
+    base = warm_directory()
+    assert base is not None  # made when missing
+    folder = private_folder(base / digest)
     timeout = request.start_timeout
     deadline = time.monotonic() + timeout + _STOP_WAIT
     with locked(folder / START_LOCK, fcntl.LOCK_EX, deadline):
@@ -433,8 +438,10 @@ def _duration(seconds: float) -> str:
 def warm_servers() -> list[WarmServer]:
     """This user's warm servers (a stale record included, its state saying why)."""
     try:
-        base = warm_directory()
+        base = warm_directory(create=False)
     except (OSError, ValueError):
+        return []
+    if base is None:
         return []
     found = []
     for folder in sorted(base.iterdir()):
