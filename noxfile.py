@@ -13,6 +13,7 @@ server, without and with the shim.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -151,7 +152,7 @@ def _pytest(session: nox.Session, *marks: str, python: str | None) -> None:
             # Missing Java or jars fail the run here instead of skipping the server tests.
             "PYSPARK_SAFESTOP_REQUIRE_SERVER": "1",
             **_grpc_fork_env(python),
-            **TEST_SERVER_JVM,
+            **_server_jvm(session),
         },
     )
 
@@ -161,6 +162,55 @@ def _pytest(session: nox.Session, *marks: str, python: str | None) -> None:
 #: plugin; benchmarks/server_jvm.py), which four sessions side by side on two cores lack.
 #: SPARK_SUBMIT_OPTS: Spark's own variable for the options of the JVM spark-submit starts.
 TEST_SERVER_JVM = {"SPARK_SUBMIT_OPTS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
+#: The classes a test server loads to start and answer its first queries, archived once (the
+#: JVM's class-data sharing): every later start maps them instead of loading them from the
+#: jars: a start and its first queries take about half the CPU.
+#: The JVM ignores an archive that does not match it (another JDK, other jars), with a warning.
+SERVER_ARCHIVE = SERVER_VENV / "test-server.jsa"
+#: Run by a line's interpreter: a server started with the archive to write at its exit, a few
+#: queries of the kinds the tests send, then stopped.
+_ARCHIVE_SCRIPT = """
+import sys
+from pyspark_safestop import connect_session
+from pyspark_safestop.servers import make_server
+with make_server("spark") as server, connect_session(server.url) as spark:
+    df = spark.range(100).selectExpr("id", "id % 7 AS k")
+    df.groupBy("k").count().join(df, "k").orderBy("k").limit(5).collect()
+    spark.sql("SELECT 1 AS one").toPandas()
+    spark.createDataFrame([(1, "a")], ["n", "s"]).collect()
+"""
+
+
+def _server_jvm(session: nox.Session) -> dict[str, str]:
+    """The test servers' JVM options: TEST_SERVER_JVM, with the class archive, made first when
+    missing (also under ``nox --install-only``) by this session's interpreter, which must have
+    the session's dependencies. Without an archive (it could not be made) they still run."""
+    options = TEST_SERVER_JVM["SPARK_SUBMIT_OPTS"]
+    archive = SERVER_ARCHIVE.resolve()
+    lock_path = SERVER_VENV / "test-server.jsa.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # sessions side by side make it once
+        if not archive.exists():
+            partial = archive.with_suffix(".partial.jsa")
+            try:
+                session.run_install(
+                    "python", "-c", _ARCHIVE_SCRIPT,
+                    env={
+                        "PYTHONPATH": str(Path.cwd()),
+                        # Its own Spark home too: a thin client's `python -c` looks for one.
+                        "SPARK_HOME": _spark_home(session),
+                        "PYSPARK_SAFESTOP_SPARK_HOME": _spark_home(session),
+                        "SPARK_SUBMIT_OPTS": f"{options} -XX:ArchiveClassesAtExit={partial}",
+                    },
+                )  # fmt: skip
+                if partial.exists():
+                    partial.replace(archive)
+            except Exception as error:  # the tests run without it, only slower
+                session.warn(f"no class archive for the test servers: {error}")
+    if archive.exists():
+        options += f" -XX:SharedArchiveFile={archive}"
+    return {"SPARK_SUBMIT_OPTS": options}
 
 
 def _grpc_fork_env(python: str | None) -> dict[str, str]:
@@ -177,7 +227,7 @@ def unit(session: nox.Session) -> None:
     _install_dependencies(session, *LINES[UNIT_LINE][1])
     session.run(
         "pytest", "--ignore=tests/activation", "-m", "not server", *session.posargs,
-        env={"PYSPARK_SAFESTOP_SPARK_HOME": spark_home, **TEST_SERVER_JVM},
+        env={"PYSPARK_SAFESTOP_SPARK_HOME": spark_home, **_server_jvm(session)},
     )  # fmt: skip
 
 
@@ -195,7 +245,7 @@ def activation(session: nox.Session) -> None:
             "PYSPARK_SAFESTOP_SPARK_HOME": spark_home,
             "PYSPARK_SAFESTOP_REQUIRE_SERVER": "1",
             "PYSPARK_SAFESTOP_ACTIVATION_CLIENT": " ".join(LINES[ACTIVATION_LINE][1]),
-            **TEST_SERVER_JVM,
+            **_server_jvm(session),
         },
     )
     session.run("python", "benchmarks/startup.py", "--runs", "200")

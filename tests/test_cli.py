@@ -51,6 +51,25 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     assert "free-port" in result.stdout
     assert "kill-port" in result.stdout
+    assert "servers" in result.stdout
+
+
+def test_servers_with_none_prints_nothing_and_creates_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "warm"
+    env = {**child_env(), "PYSPARK_SAFESTOP_WARM_DIR": str(folder)}
+    for args in (("servers",), ("servers", "--stop"), ("servers", "--json")):
+        result = subprocess.run(
+            [sys.executable, "-m", "pyspark_safestop", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+            timeout=EXIT_TIMEOUT,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() in ("", "[]"), result.stdout
+    assert not folder.exists()
 
 
 def test_free_port_prints_one_port_outside_the_ephemeral_range() -> None:

@@ -325,3 +325,17 @@ def test_the_fingerprint_tells_settings_apart() -> None:
     assert fingerprint("spark", plain)[0] != fingerprint("spark", other)[0]
     _digest, parts = fingerprint("spark", secret)
     assert "hunter2" not in json.dumps(parts)
+
+
+def test_a_record_naming_a_reused_pid_is_not_its_host() -> None:
+    import psutil
+
+    from pyspark_safestop.servers._warm import host_is_alive
+
+    me = psutil.Process()
+    # This very process, but not a warm server's host (its command line), then a start time
+    # that is not its own (a PID reused since the record was written), then no process.
+    assert not host_is_alive({"pid": me.pid, "create_time": me.create_time()})
+    assert not host_is_alive({"pid": me.pid, "create_time": me.create_time() - 100})
+    assert not host_is_alive({"pid": 1, "create_time": psutil.Process(1).create_time()})
+    assert not host_is_alive({"pid": "not a pid"})
