@@ -170,10 +170,11 @@ SERVER_ARCHIVE = SERVER_VENV / "test-server.jsa"
 #: Run by a line's interpreter: a server started with the archive to write at its exit, a few
 #: queries of the kinds the tests send, then stopped.
 _ARCHIVE_SCRIPT = """
-import sys
 from pyspark_safestop import connect_session
-from pyspark_safestop.servers import make_server
-with make_server("spark") as server, connect_session(server.url) as spark:
+from pyspark_safestop.servers import SparkConnectServer, find_spark_home
+# The JVM writes the archive as it exits, which takes longer than a stop's usual grace.
+server = SparkConnectServer(find_spark_home(), stop_grace=300)
+with server, connect_session(server.url) as spark:
     df = spark.range(100).selectExpr("id", "id % 7 AS k")
     df.groupBy("k").count().join(df, "k").orderBy("k").limit(5).collect()
     spark.sql("SELECT 1 AS one").toPandas()
@@ -198,6 +199,7 @@ def _server_jvm(session: nox.Session) -> dict[str, str]:
                     "python", "-c", _ARCHIVE_SCRIPT,
                     env={
                         "PYTHONPATH": str(Path.cwd()),
+                        "PYTHONWARNINGS": "ignore",  # a client's warnings: not the tests'
                         # Its own Spark home too: a thin client's `python -c` looks for one.
                         "SPARK_HOME": _spark_home(session),
                         "PYSPARK_SAFESTOP_SPARK_HOME": _spark_home(session),
