@@ -14,8 +14,10 @@ Fixtures:
     :mod:`._local_server`); a Spark server is usable only with its own random token, a Sail
     server by every local user (Sail checks no secret). One per pytest-xdist worker, or, with
     ``--safestop-shared-server``, one for the whole run, hosted by its main process (see
-    :mod:`._shared_server`); its log is in pytest's temporary directory, and its tail is
-    attached to the report of a failing test that used it.
+    :mod:`._shared_server`), or, with ``--safestop-reuse-server``, a warm one kept up between
+    runs by a host of its own (see :mod:`pyspark_safestop.servers._warm`); its log is in
+    pytest's temporary directory (a warm server's in its folder), and its tail is attached to
+    the report of a failing test that used it.
 ``spark_connect_server_factory``
     Session-scoped: ``factory(engine="spark"|"sail", conf={...})`` starts another server on
     demand (for differential suites: the same queries on two engines); every one is stopped at
