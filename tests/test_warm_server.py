@@ -339,3 +339,20 @@ def test_a_record_naming_a_reused_pid_is_not_its_host() -> None:
     assert not host_is_alive({"pid": me.pid, "create_time": me.create_time() - 100})
     assert not host_is_alive({"pid": 1, "create_time": psutil.Process(1).create_time()})
     assert not host_is_alive({"pid": "not a pid"})
+
+
+def test_a_folder_others_can_write_is_refused_naming_it(tmp_path: Path) -> None:
+    from pyspark_safestop.servers import ServerRequest
+    from pyspark_safestop.servers._warm import attach
+
+    if find_sail() is None:
+        pytest.skip("no sail executable (pip install pysail)")
+    folder = tmp_path / "warm"
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYSPARK_SAFESTOP_WARM_DIR", str(folder))
+        with pytest.raises(PermissionError, match="PYSPARK_SAFESTOP_WARM_DIR") as refused:
+            attach("sail", ServerRequest())
+    assert str(folder) in str(refused.value)
+    assert list(folder.iterdir()) == []

@@ -309,14 +309,18 @@ def attach(
     usable (``request.log_path`` is ignored: its log is in its folder).
 
     Raises :class:`EngineUnavailable` when the engine cannot run here, ``ValueError`` for a
-    refused setting, :class:`SharedServerFailed` when the server could not start (its host's
-    reason), ``TimeoutError``/``RuntimeError`` when no host answers in time.
+    refused setting, ``PermissionError`` for a folder of warm servers another user could use,
+    :class:`SharedServerFailed` when the server could not start (its host's reason),
+    ``TimeoutError``/``RuntimeError`` when no host answers in time.
     """
     server = make_server(engine, request)  # the engine's checks, here and not in the host
     digest, parts = fingerprint(engine, server)
-    base = warm_directory()
-    assert base is not None  # made when missing
-    folder = private_folder(base / digest)
+    try:
+        base = warm_directory()
+        assert base is not None  # made when missing
+        folder = private_folder(base / digest)
+    except ValueError as error:  # a folder another user could use: not a setting's fault
+        raise PermissionError(f"{error} ({ENV_WARM_DIR} picks another folder)") from None
     timeout = request.start_timeout
     deadline = time.monotonic() + timeout + _STOP_WAIT
     with locked(folder / START_LOCK, fcntl.LOCK_EX, deadline):
