@@ -157,6 +157,9 @@ def test_the_next_run_attaches_and_servers_stop_ends_it(runs: Runs) -> None:
     assert alive(first)
     (listed,) = runs.cli()
     assert (listed["engine"], listed["pid"], listed["state"]) == (runs.engine, first, "up")
+    doctor = run_python("-m", "pyspark_safestop", "doctor", "--json", env=runs.env, timeout=HANG)
+    (shown,) = json.loads(doctor.stdout)["warm_servers"]
+    assert f"{runs.engine} up: port {listed['port']} pid {first}" in shown, shown
     # The next run, xdist workers included, finds it: no start.
     assert runs.pytest("-n", "2", tests=4) == first
     assert {record["worker"] for record in runs.last_records} == {"gw0", "gw1"}
