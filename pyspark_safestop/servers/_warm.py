@@ -132,7 +132,7 @@ def _open_lock(path: Path) -> int:
     info = os.fstat(fd)
     if info.st_uid != os.geteuid() or not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise ValueError(f"{str(path)!r} is not a lock file of this user: refusing it")
+        raise PermissionError(f"{str(path)!r} is not a lock file of this user: refusing it")
     return fd
 
 
