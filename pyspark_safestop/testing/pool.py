@@ -13,6 +13,7 @@ and ``benchmarks/release_pool.py`` both run it.
 from __future__ import annotations
 
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,12 @@ from pyspark_safestop.testing.runner import child_env
 __all__ = ["PoolRun", "hold_releases"]
 
 _CHILD = """
+import faulthandler
+import signal
 import sys
+
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the parent asks when the child is late
+
 import pyspark_safestop  # a no-op with PYSPARK_SAFESTOP=0
 from pyspark_safestop import connect_session
 
@@ -79,13 +85,17 @@ def hold_releases(
     with tempfile.TemporaryDirectory(prefix="safestop-pool-") as folder, FaultProxy(url) as proxy:
         script = Path(folder) / "client.py"
         script.write_text(_CHILD)
+        # A file, not a pipe: the client's warnings about the held releases can outgrow a pipe
+        # nobody reads until the end, and the child would block writing them.
+        errors_path = Path(folder) / "stderr"
+        errors = errors_path.open("w")
         proxy.hang("ReleaseExecute", every=every)
         child = subprocess.Popen(
             [python, str(script), proxy.url, str(queries)],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=errors,
             text=True,
         )
         assert child.stdin is not None
@@ -93,7 +103,8 @@ def hold_releases(
         try:
             ready, _, _ = select.select([child.stdout], [], [], stall_after)
             if ready and child.stdout.readline().strip() != "queried":
-                raise RuntimeError(f"the client failed:\n{child.communicate()[1][-3000:]}")
+                child.wait(60)
+                raise RuntimeError(f"the client failed:\n{_tail(errors_path)}")
             received: list[int] = []
             started = time.monotonic()
             for look in looks if ready else ():
@@ -108,9 +119,22 @@ def hold_releases(
             proxy.clear()  # the session stops promptly, with or without the shim
             child.stdin.write("done\n")
             child.stdin.flush()
-            child.wait(120)
+            try:
+                child.wait(120)
+            except subprocess.TimeoutExpired:
+                child.send_signal(signal.SIGUSR1)
+                time.sleep(2.0)
+                raise RuntimeError(
+                    "the client did not exit within 120 s of being told to stop; its threads:\n"
+                    + _tail(errors_path)
+                ) from None
         finally:
             if child.poll() is None:
                 child.kill()
                 child.wait()
+            errors.close()
     return run
+
+
+def _tail(path: Path, chars: int = 6000) -> str:
+    return path.read_text(errors="replace")[-chars:]
