@@ -10,46 +10,54 @@ import sys
 
 import pytest
 
-from pyspark_safestop.shim import _sessions
 from tests.children import clean_env, run_python
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
 
 
-class _Session:
-    """Stands in for a session object: the registry only needs it to be weakly referable."""
+#: In a fresh interpreter (forking pytest itself, whose gRPC may be busy with the line's server,
+#: can stall in gRPC's fork handlers): a parent with one live and one stopped session forks; the
+#: child reports what it sees, then what it sees after tracking one of its own.
+FORGETS = r"""
+import os
+
+from pyspark_safestop.shim import _sessions
 
 
-def test_child_forgets_the_parents_sessions() -> None:
-    parent_session = _Session()
-    _sessions.add(parent_session)
-    stopped = _Session()
-    _sessions.mark_stopped(stopped)
+class Session:
+    pass  # the registry only needs it to be weakly referable
+
+
+parent_session, stopped = Session(), Session()
+_sessions.add(parent_session)
+_sessions.mark_stopped(stopped)
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:  # the child: report, then leave without running any hooks
     try:
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report what it sees, then leave without running any hooks
-            try:
-                seen = (len(_sessions.live()), _sessions.was_stopped(stopped))
-                mine = _Session()
-                _sessions.add(mine)
-                seen += (len(_sessions.live()),)
-                os.write(write, repr(seen).encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as pipe:
-            reported = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        # Nothing inherited; the child's own session is tracked as usual.
-        assert reported == repr((0, False, 1))
-        # The parent's registry is untouched.
-        assert parent_session in _sessions.live()
-        assert _sessions.was_stopped(stopped)
+        seen = (len(_sessions.live()), _sessions.was_stopped(stopped))
+        mine = Session()
+        _sessions.add(mine)
+        seen += (len(_sessions.live()),)
+        os.write(write, repr(seen).encode())
     finally:
-        _sessions.discard(parent_session)
-        sys.stdout.flush()
+        os._exit(0)
+os.close(write)
+with os.fdopen(read) as pipe:
+    print(pipe.read())
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+print(parent_session in _sessions.live(), _sessions.was_stopped(stopped))
+"""
+
+
+@pytest.mark.pure
+def test_child_forgets_the_parents_sessions() -> None:
+    result = run_python("-c", FORGETS, env=clean_env(), timeout=60)
+    assert result.returncode == 0, result.stderr
+    # Nothing inherited; the child's own session is tracked as usual; the parent's registry is
+    # untouched.
+    assert result.stdout.split("\n")[:3] == [repr((0, False, 1)), "0", "True True"], result.stdout
 
 
 #: gRPC busy in this interpreter (a server, four threads calling it), then N launches of a
