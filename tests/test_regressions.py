@@ -1,13 +1,14 @@
 """The deadlock and its relatives, reproduced against a real Spark Connect server.
 
 Every regression case of the catalogue (:mod:`pyspark_safestop.testing.catalogue`) runs twice
-in a subprocess, through the fault proxy: without the shim (``PYSPARK_SAFESTOP=0``), where it
-must hang or break its bound on this client line (the bug exists here), and with the shim,
-where it must pass. An upstream run is called hung as soon as the child's watchdog shows a
-thread parked in one of the frames the case names (where upstream never comes back), or, as
-a backstop, when it is still going after the case's hard timeout. Were the bug gone, the
-upstream run would finish within its bounds and ``test_upstream_is_broken`` would fail. The
-runs go four at a time, once per module.
+in a child interpreter (forked from one that imported pandas, pyarrow and gRPC, never pyspark:
+:mod:`pyspark_safestop.testing.preloaded`), through the fault proxy: without the shim
+(``PYSPARK_SAFESTOP=0``), where it must hang or break its bound on this client line (the bug
+exists here), and with the shim, where it must pass. An upstream run is called hung as soon as
+the child's watchdog shows a thread parked in one of the frames the case names (where upstream
+never comes back), or, as a backstop, when it is still going after the case's hard timeout.
+Were the bug gone, the upstream run would finish within its bounds and
+``test_upstream_is_broken`` would fail. The runs go four at a time, once per module.
 
 Where upstream is not broken by a fault on some line (3.5 has no ReleaseSession RPC to hang,
 and exits with an RPC in flight because its pool's threads are daemons), the test asserts that
@@ -24,16 +25,18 @@ from pathlib import Path
 import pytest
 
 from pyspark_safestop.testing.catalogue import CASES, WARM_UP, run_case
-from pyspark_safestop.testing.runner import Run
+from pyspark_safestop.testing.preloaded import Preloaded
+from pyspark_safestop.testing.runner import Run, child_env
 
 pytestmark = pytest.mark.server
 
 REGRESSIONS = [name for name, case in CASES.items() if case.regression]
 
 
-def _run(name: str, shim: bool, url: str, workdir: Path) -> Run:
+def _run(name: str, shim: bool, url: str, workdir: Path, preloaded: Preloaded) -> Run:
     mode = "shim" if shim else "upstream"
-    return run_case(CASES[name], url, shim=shim, stderr_path=workdir / f"{name}-{mode}.stderr")
+    stderr_path = workdir / f"{name}-{mode}.stderr"
+    return run_case(CASES[name], url, shim=shim, stderr_path=stderr_path, preloaded=preloaded)
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +44,17 @@ def outcomes(
     spark_connect_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[tuple[str, bool], Run]:
     workdir = tmp_path_factory.mktemp("scenarios")
-    run_case(WARM_UP, spark_connect_url, shim=True)
     runs = [(name, shim) for name in REGRESSIONS for shim in (False, True)]
-    # Upstream runs mostly sit in hangs until their stacks prove them: side by side.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {
-            run: pool.submit(_run, run[0], run[1], spark_connect_url, workdir) for run in runs
-        }
-        results = {run: future.result() for run, future in futures.items()}
+    # Each run is a child of one interpreter that imported pandas, pyarrow and gRPC once (never
+    # pyspark or the package), instead of a fresh interpreter importing them again.
+    with Preloaded(env=child_env(shim=False)) as preloaded:
+        run_case(WARM_UP, spark_connect_url, shim=True, preloaded=preloaded)
+        # Upstream runs mostly sit in hangs until their stacks prove them: side by side.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            futures = {
+                run: pool.submit(_run, *run, spark_connect_url, workdir, preloaded) for run in runs
+            }
+            results = {run: future.result() for run, future in futures.items()}
     # Kept for a look after the run: what every run printed.
     dump = {
         f"{name} {'shim' if shim else 'upstream'}": vars(o) for (name, shim), o in results.items()

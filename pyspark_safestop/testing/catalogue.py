@@ -48,6 +48,7 @@ from pyspark_safestop.testing.checks import (
     slow_but_never_hung,
     stop_within,
 )
+from pyspark_safestop.testing.preloaded import Preloaded
 from pyspark_safestop.testing.runner import HangSignature, Run, run_events, scenario_command
 
 __all__ = [
@@ -435,14 +436,16 @@ def run_case(
     timeout: float | None = None,
     label: str | None = None,
     stderr_path: Path | None = None,
+    preloaded: Preloaded | None = None,
 ) -> Run:
-    """Run ``case`` once in a fresh interpreter (``python``, default this one), with the shim
-    on or off, against the server at ``upstream`` (its ``sc://`` URL).
+    """Run ``case`` once in a fresh interpreter (``python``, default this one; or a child of
+    ``preloaded``, whose interpreter it then is), with the shim on or off, against the server
+    at ``upstream`` (its ``sc://`` URL).
 
     The fault proxy or the TCP relay is put in front of the server as the case says; for a
     "restart" case the caller restarts the server through ``actions["restart-server"]``.
     """
-    interpreter = python or sys.executable
+    interpreter = preloaded.python if preloaded is not None else python or sys.executable
     mode = "shim" if shim else "upstream"
     name = label or f"{case.scenario} [{mode}; {', '.join(case.hang) or case.transport}]"
 
@@ -456,6 +459,7 @@ def run_case(
             hangs_in=(*(case.hangs_in if case.hangs_in_shim_runs or not shim else ()), *EXIT_HANGS),
             label=name,
             stderr_path=stderr_path,
+            preloaded=preloaded,
         )
 
     if case.transport == "relay":

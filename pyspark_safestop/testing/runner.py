@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pyspark_safestop
+from pyspark_safestop.testing.preloaded import ForkedChild, Preloaded
 
 __all__ = [
     "HangSignature",
@@ -78,14 +79,18 @@ def child_env(
     return env
 
 
-def kill_group(proc: subprocess.Popen[Any]) -> None:
-    """Kill a child started with ``start_new_session=True`` and everything it started, then
+def kill_group(proc: subprocess.Popen[Any] | ForkedChild) -> None:
+    """Kill a child started with ``start_new_session=True`` (or forked by a
+    :class:`~pyspark_safestop.testing.preloaded.Preloaded`) and everything it started, then
     reap it.
 
     The child leads its own process group, so this reaches its children (a forked copy, a
     pytest-xdist worker) and nothing that is not ours. Call it only while the child is not
     yet reaped: after that its ID may belong to anyone.
     """
+    if isinstance(proc, ForkedChild):
+        proc.kill_group()
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -223,6 +228,7 @@ def run_events(
     hangs_in: Sequence[HangSignature] = (),
     label: str = "",
     stderr_path: Path | None = None,
+    preloaded: Preloaded | None = None,
 ) -> Run:
     """Run ``command``, reading one JSON event per line as it is printed.
 
@@ -233,6 +239,9 @@ def run_events(
     command's standard input. A ``stacks`` event (the watchdog's), or a :mod:`faulthandler`
     dump, with a thread parked in one of ``hangs_in`` ends the run at once, as hung, with that
     thread in :attr:`Run.parked`.
+
+    With ``preloaded``, a ``[python, "-m", module, *args]`` command whose ``python`` is the
+    preloaded one runs as a child forked from it rather than as a fresh interpreter.
     """
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
@@ -240,15 +249,29 @@ def run_events(
     lines: queue.Queue[tuple[float, str | None]] = queue.Queue()
     started = time.monotonic()
     with open(stderr_path or os.devnull, "w") as err:
-        proc = subprocess.Popen(
-            list(command),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=child_env(shim=shim, extra=env),
-            start_new_session=True,
-        )
+        proc: subprocess.Popen[str] | ForkedChild
+        if preloaded is None:
+            proc = subprocess.Popen(
+                list(command),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=child_env(shim=shim, extra=env),
+                start_new_session=True,
+            )
+        else:
+            if list(command[:2]) != [preloaded.python, "-m"] or len(command) < 3:
+                raise ValueError(
+                    f"a preloaded run is `{preloaded.python} -m MODULE ...`, got {command!r}"
+                )
+            proc = preloaded.spawn(
+                command[2],
+                command[3:],
+                env=child_env(shim=shim, extra=env),
+                stderr=err.fileno(),
+                timeout=startup_timeout,
+            )
 
         def read() -> None:
             assert proc.stdout is not None
