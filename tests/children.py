@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -18,6 +20,8 @@ from typing import Any
 
 import psutil
 import pytest
+
+from pyspark_safestop.testing.preloaded import Preloaded
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The plugin from the checkout, whether or not the package is installed too, and no cache in the
@@ -55,6 +59,32 @@ def run_python(
         check=False,
         **options,
     )
+
+
+def run_preloaded(
+    preloaded: Preloaded, script: Path, *, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Like ``run_python(script)``, in a child of ``preloaded``: its folder is the working
+    folder and the first import path, as for ``python script``; killed after ``timeout``."""
+    with tempfile.TemporaryFile("w+") as errors:
+        child = preloaded.spawn(
+            script.stem, [], env=env, stderr=errors.fileno(), cwd=str(script.parent)
+        )
+        assert child.stdin is not None
+        assert child.stdout is not None
+        child.stdin.close()
+        output: list[str] = []
+        reader = threading.Thread(target=lambda: output.append(child.stdout.read()), daemon=True)
+        reader.start()
+        try:
+            child.wait(timeout)
+        finally:
+            if child.poll() is None:
+                child.kill_group()
+        reader.join(timeout)
+        child.stdout.close()
+        errors.seek(0)
+        return subprocess.CompletedProcess(child.args, child.wait(), "".join(output), errors.read())
 
 
 def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:

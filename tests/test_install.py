@@ -1,7 +1,8 @@
 """install()/uninstall() in every order, without a server.
 
-Each case runs in a fresh interpreter: whether pyspark's modules were imported before or after
-the shim is the point, and a test process can only import them once.
+Each case runs in an interpreter of its own (forked from one that imported only the client's
+heavy dependencies): whether pyspark's modules were imported before or after the shim is the
+point, and a test process can only import them once.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import itertools
 import json
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.children import clean_env, last_json, run_python
+from pyspark_safestop.testing.preloaded import HEAVY, Preloaded
+from tests.children import clean_env, last_json, run_preloaded, run_python
 
 pytest.importorskip("pyspark")
 pytest.importorskip("grpc")
@@ -62,12 +65,20 @@ ORIGINALS = {}
 """
 
 
-def run_script(tmp_path: Path, body: str, **env: str) -> dict[str, Any]:
-    """Run PRELUDE + body in a fresh interpreter; return the JSON it printed last."""
+@pytest.fixture(scope="module")
+def preloaded() -> Iterator[Preloaded]:
+    """One interpreter that has imported the client's heavy dependencies (never pyspark or the
+    package), forking the scripts' interpreters."""
+    with Preloaded(env=clean_env()) as preloaded:
+        yield preloaded
+
+
+def run_script(preloaded: Preloaded, tmp_path: Path, body: str, **env: str) -> dict[str, Any]:
+    """Run PRELUDE + body in an interpreter of ``preloaded``; return the JSON it printed last."""
     script = tmp_path / "case.py"
     # A file, not `python -c`: pyspark-client 4.2's dependency check mistakes -c for doctest.
     script.write_text(PRELUDE + textwrap.dedent(body))
-    return last_json(run_python(script, env=clean_env(**env), timeout=120))
+    return last_json(run_preloaded(preloaded, script, env=clean_env(**env), timeout=120))
 
 
 def assert_patched_once(result: dict[str, Any]) -> None:
@@ -106,7 +117,7 @@ SEQUENCES = _sequences()
 # child imports pyspark's client and the package afresh, in the sequence's order.
 DRIVER = """
 import json, os, sys
-for heavy in ("numpy", "pandas", "pyarrow", "grpc", "google.protobuf", "wrapt"):
+for heavy in json.loads(sys.argv[1]):
     try:
         __import__(heavy)
     except ImportError:
@@ -184,7 +195,7 @@ def sequence_results(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str
     script = tmp_path_factory.mktemp("sequences") / "driver.py"
     script.write_text(DRIVER)
     sequences = "".join(json.dumps(seq) + "\n" for seq in SEQUENCES)
-    proc = run_python(script, input=sequences, env=clean_env(), timeout=600)
+    proc = run_python(script, json.dumps(HEAVY), input=sequences, env=clean_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return {tuple(result["sequence"]): result for result in results}
@@ -222,8 +233,9 @@ def test_every_order_patches_once_or_restores_exactly(
         assert all(a["original"] for a in result["attributes"].values()), result
 
 
-def test_install_twice_updates_the_settings_only(tmp_path: Path) -> None:
+def test_install_twice_updates_the_settings_only(tmp_path: Path, preloaded: Preloaded) -> None:
     result = run_script(
+        preloaded,
         tmp_path,
         """
         import pyspark_safestop
@@ -236,8 +248,9 @@ def test_install_twice_updates_the_settings_only(tmp_path: Path) -> None:
     assert result["timeout"] == 2
 
 
-def test_shim_before_pyspark_waits_for_the_import(tmp_path: Path) -> None:
+def test_shim_before_pyspark_waits_for_the_import(tmp_path: Path, preloaded: Preloaded) -> None:
     result = run_script(
+        preloaded,
         tmp_path,
         """
         import pyspark_safestop
@@ -251,8 +264,9 @@ def test_shim_before_pyspark_waits_for_the_import(tmp_path: Path) -> None:
     assert_patched_once(result)
 
 
-def test_uninstall_install_cycles(tmp_path: Path) -> None:
+def test_uninstall_install_cycles(tmp_path: Path, preloaded: Preloaded) -> None:
     result = run_script(
+        preloaded,
         tmp_path,
         """
         import_connect(); ORIGINALS.update(attrs())
@@ -265,8 +279,9 @@ def test_uninstall_install_cycles(tmp_path: Path) -> None:
     assert_patched_once(result)
 
 
-def test_concurrent_install_uninstall(tmp_path: Path) -> None:
+def test_concurrent_install_uninstall(tmp_path: Path, preloaded: Preloaded) -> None:
     result = run_script(
+        preloaded,
         tmp_path,
         """
         import_connect(); ORIGINALS.update(attrs())
@@ -283,8 +298,9 @@ def test_concurrent_install_uninstall(tmp_path: Path) -> None:
     assert_patched_once(result)
 
 
-def test_disabled_by_environment(tmp_path: Path) -> None:
+def test_disabled_by_environment(tmp_path: Path, preloaded: Preloaded) -> None:
     result = run_script(
+        preloaded,
         tmp_path,
         """
         import_connect(); ORIGINALS.update(attrs())
@@ -300,8 +316,11 @@ def test_disabled_by_environment(tmp_path: Path) -> None:
     assert_pristine(result)
 
 
-def test_third_party_wrapper_on_top_survives_uninstall(tmp_path: Path) -> None:
+def test_third_party_wrapper_on_top_survives_uninstall(
+    tmp_path: Path, preloaded: Preloaded
+) -> None:
     result = run_script(
+        preloaded,
         tmp_path,
         """
         import functools, logging
@@ -322,8 +341,9 @@ def test_third_party_wrapper_on_top_survives_uninstall(tmp_path: Path) -> None:
     assert "SparkSession.stop was replaced after pyspark-safestop patched it" in result["stderr"]
 
 
-def test_classic_session_untouched(tmp_path: Path) -> None:
+def test_classic_session_untouched(tmp_path: Path, preloaded: Preloaded) -> None:
     result = run_script(
+        preloaded,
         tmp_path,
         """
         import pyspark_safestop
@@ -335,8 +355,9 @@ def test_classic_session_untouched(tmp_path: Path) -> None:
     assert result["classic_layers"] == 0
 
 
-def test_status_describes_the_line(tmp_path: Path) -> None:
+def test_status_describes_the_line(tmp_path: Path, preloaded: Preloaded) -> None:
     result = run_script(
+        preloaded,
         tmp_path,
         """
         import pyspark_safestop

@@ -18,7 +18,8 @@
 - :mod:`~pyspark_safestop.testing.scenario`: the program that runs one scenario in a child
   interpreter; :mod:`~pyspark_safestop.testing.child`: its protocol and steps, for workers
   of your own; :mod:`~pyspark_safestop.testing.runner`: the parent side (:func:`run_events`,
-  :func:`child_env`, :func:`kill_group`).
+  :func:`child_env`, :func:`kill_group`); :mod:`~pyspark_safestop.testing.preloaded`: runs
+  forked from an interpreter that imported the client's heavy dependencies once.
 
 Importing this package imports neither grpc nor pyspark.
 """
