@@ -1,20 +1,24 @@
 """The shim's parts on small fake classes, without pyspark: the patcher, the stop path, the
-exit hook. The subprocess tests prove the same against every real client line; these say
-directly what each part promises."""
+exit hook, closing a channel. The subprocess tests prove the same against every real client
+line; these say directly what each part promises."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pyspark_safestop.client import _operations
 from pyspark_safestop.client._layouts import Target
 from pyspark_safestop.shim import _exit, _release, _sessions
 from pyspark_safestop.shim._patcher import Patcher, SafestopWrapper, is_safestop_wrapper
+from tests.children import clean_env, run_python
 
 pytestmark = pytest.mark.pure
 
@@ -251,3 +255,88 @@ def test_exit_releases_within_one_budget_where_upstream_would(
     finally:
         for session in sessions:
             _sessions.discard(session)
+
+
+# -- closing a channel ------------------------------------------------------------------------
+
+
+def test_a_channel_is_closed_once() -> None:
+    client = _Client()
+    _operations.close_channel(client)
+    assert client._channel.closed
+    assert _operations.is_closed(client)
+    client._channel.closed = False
+    _operations.close_channel(client)  # a stopped session's __del__ closes again
+    assert not client._channel.closed
+
+
+def test_a_client_upstream_marked_closed_still_has_its_channel_closed(
+    releases: list[tuple[_Client, float]],
+) -> None:
+    client = _Client()
+    client._closed = True  # type: ignore[attr-defined]  # the server's session changed
+    assert _release.release_and_close(client, 1.0, release=True) is False
+    assert releases == []
+    assert client._channel.closed
+
+
+def test_at_finalisation_the_channel_is_left_to_the_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_operations.sys, "is_finalizing", lambda: True)
+    client = _Client()
+    _operations.close_channel(client)
+    assert not client._channel.closed
+    assert _operations.is_closed(client)
+
+
+# A session's __del__ at interpreter exit, while a daemon thread (halted at finalisation wherever
+# it stood) holds the lock the channel's close takes, as gRPC's threads may hold a channel's.
+_HALTED_HOLDER = """
+import sys, threading
+from pyspark_safestop.client import _operations
+
+lock, held = threading.RLock(), threading.Event()
+namespace = {"lock": lock, "held": held}
+# Defined outside __main__, whose globals the halted frame would otherwise keep alive.
+exec('''
+def hold():
+    with lock:
+        held.set()
+        while True:
+            sum(range(1000))
+''', namespace)
+
+class Channel:
+    def close(self):
+        with lock:
+            pass
+
+class Client:
+    def __init__(self):
+        self._channel = Channel()
+
+class Session:
+    def __init__(self, close):
+        self.client, self.close = Client(), close
+    def __del__(self):
+        self.close(self.client)
+
+upstream = lambda client: client._channel.close()
+threading.Thread(target=namespace["hold"], daemon=True).start()
+held.wait()
+session = Session(_operations.close_channel if sys.argv[1] == "shim" else upstream)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("shim", [False, True], ids=["upstream", "shim"])
+def test_a_session_finalised_at_exit_does_not_wait_on_a_halted_thread(
+    shim: bool, tmp_path: Path
+) -> None:
+    script = tmp_path / "halted.py"
+    script.write_text(_HALTED_HOLDER)
+    if shim:
+        done = run_python(script, "shim", env=clean_env(), timeout=60)
+        assert (done.returncode, done.stdout) == (0, "done\n"), done.stderr
+    else:  # the same close as upstream's hangs the exit: watched 10 s
+        with pytest.raises(subprocess.TimeoutExpired):
+            run_python(script, "upstream", env=clean_env(), timeout=10)

@@ -45,16 +45,29 @@ def is_closed(client: Any) -> bool:
 
 
 def close_channel(client: Any) -> None:
-    """Close this client's gRPC channel only, and mark the client closed.
+    """Close this client's gRPC channel only, once, and mark the client closed.
 
     Closing a channel cancels every RPC in flight on it at once, which frees release-pool
-    workers stuck on it. It neither locks nor waits, so it is safe from ``__del__``.
+    workers stuck on it. gRPC's close takes the channel's own lock and never waits on the
+    server. It is skipped where that lock may belong to a thread that will never release it:
+    a channel this function closed before (a stopped session's ``__del__`` closes again) and
+    interpreter finalisation, where daemon threads (gRPC's own among them) are halted wherever
+    they stood, and the process's exit closes the sockets. So it is safe from ``__del__``.
     """
     channel = getattr(client, "_channel", None)
-    if channel is not None:
-        channel.close()
-    # Upstream's is_stopped/is_closed read this; 4.2+ skips its exit-time RPCs when it is set.
-    client._closed = True
+    try:
+        if channel is not None and not _closed_here(client) and not sys.is_finalizing():
+            channel.close()
+    finally:
+        client._safestop_channel_closed = True
+        # Upstream's is_stopped/is_closed read this; 4.2+ skips its exit-time RPCs when it is set.
+        client._closed = True
+
+
+def _closed_here(client: Any) -> bool:
+    # Not `_closed`: upstream also sets that when the server's session changed (a restarted
+    # server), leaving the channel open for close() to close.
+    return bool(getattr(client, "_safestop_channel_closed", False))
 
 
 def has_release_session_rpc() -> bool:

@@ -31,11 +31,14 @@ def release_and_close(client: Any, timeout: float, *, release: bool) -> bool:
     """Release ``client``'s session on the server (if ``release``) within ``timeout`` seconds,
     then close its channel; return whether the server confirmed the release.
 
-    A failed release is logged, not raised. A client already closed is left alone. The channel
-    is closed whatever happens, even on ``KeyboardInterrupt``: an open channel keeps its hung
-    RPCs (and a release-pool worker) alive, and nothing else would close it.
+    A failed release is logged, not raised. A client already closed is not released again
+    (upstream also marks a client closed when the server's session changed, a restarted
+    server, so its channel is still closed). The channel is closed whatever happens, even on
+    ``KeyboardInterrupt``: an open channel keeps its hung RPCs (and a release-pool worker)
+    alive, and nothing else would close it.
     """
     if _operations.is_closed(client):
+        _operations.close_channel(client)
         return False
     released = False
     try:

@@ -74,7 +74,7 @@ def stop(wrapped: _Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[s
 def close(wrapped: _Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``SparkConnectClient.close``: close this client's channel only. Upstream would shut the
     process-global release pool down (waiting, under its class lock, up to 4.1) or wait 10 s on
-    release futures (4.2+). Never locks or waits, so it is safe from ``__del__``."""
+    release futures (4.2+). Never waits, so it is safe from ``__del__``."""
     if instance is None:
         return wrapped(*args, **kwargs)
     _operations.close_channel(instance)
