@@ -135,7 +135,7 @@ def engine(session: nox.Session) -> None:
     _install_dependencies(session, *LINES[ENGINE_LINE][1])
     _pytest(session, "-m", "engine", python=None)
     # The everyday patterns on Sail too (each line runs them on Spark): what Sail serves.
-    _pytest(session, "tests/test_everyday.py", "--safestop-engine", "sail", python=None)
+    _pytest(session, "tests/plugin/test_everyday.py", "--safestop-engine", "sail", python=None)
 
 
 def _pytest(session: nox.Session, *marks: str, python: str | None) -> None:

@@ -24,7 +24,7 @@ from pyspark_safestop.servers import _engines
 from tests.bootsite import make_site_dir
 from tests.foreign_user import foreign_user
 
-pytest_plugins = ["pytester", "tests.ports_helpers"]  # the latter: the port tests' fixtures
+pytest_plugins = ["pytester", "tests.ports.helpers"]  # the latter: the port tests' fixtures
 
 __all__ = ["foreign_user"]  # a fixture: tests that act as another local user
 

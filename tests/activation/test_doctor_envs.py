@@ -1,6 +1,6 @@
 """``doctor`` tells the truth in real environments: the hang with the shim on, with it off,
 with only the pytest plugin, and without pyspark. (A pyspark that fixed the hang does not exist
-yet; how doctor decides for one is in tests/test_doctor.py.)"""
+yet; how doctor decides for one is in tests/cli/test_doctor.py.)"""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from pyspark_safestop.testing import runner
 from tests.foreign_user import ForeignUser
 
 HELPERS = Path(__file__).resolve().parent
-REPO_ROOT = HELPERS.parent.parent
+REPO_ROOT = HELPERS.parents[2]
 LISTENER = HELPERS / "listener.py"
 ALLOCATOR = HELPERS / "allocator.py"
 CLEANUP_TARGET = HELPERS / "cleanup_target.py"

@@ -28,7 +28,7 @@ from tests.foreign_user import ForeignUser
 # Server-side behaviour, the same whatever the client line: run on one line (noxfile.py).
 pytestmark = [pytest.mark.server, pytest.mark.engine]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: Only detects a hang.
 HANG = 300.0
 #: Seconds a server may take to go once its host is told to stop (or is gone).

@@ -1,4 +1,4 @@
-"""The regression cases of ``tests/test_regressions.py``, against a Sail server.
+"""The regression cases of ``tests/shim/test_regressions.py``, against a Sail server.
 
 The deadlock lives in the client, so it must show against any Spark Connect server: here the
 catalogue's cases run through the fault proxy in front of a local Sail server (started by the
@@ -14,7 +14,7 @@ import pytest
 from pyspark_safestop.plugin import ServerFactory
 
 # The tests and their module-scoped runs, collected again here: only the server differs.
-from tests.test_regressions import (
+from tests.shim.test_regressions import (
     outcomes,
     test_shim_passes,
     test_upstream_is_broken,

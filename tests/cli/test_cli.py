@@ -11,7 +11,7 @@ import pytest
 
 from pyspark_safestop.ports import ephemeral_port_range, port_from_env
 from tests.foreign_user import ForeignUser
-from tests.ports_helpers import (
+from tests.ports.helpers import (
     EXIT_TIMEOUT,
     REPO_ROOT,
     Processes,

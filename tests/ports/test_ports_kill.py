@@ -29,7 +29,7 @@ from pyspark_safestop.ports import (
     listeners_on_port,
 )
 from tests.foreign_user import ForeignUser
-from tests.ports_helpers import (
+from tests.ports.helpers import (
     EXIT_TIMEOUT,
     NO_SUCH_COMMAND,
     OURS,

@@ -25,7 +25,7 @@ from tests.children import PLUGIN_ONLY, own_group, run_python
 # Server-side behaviour, the same whatever the client line: run on one line (noxfile.py).
 pytestmark = [pytest.mark.server, pytest.mark.engine]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: Seconds a server may take to disappear once its owner is gone.
 GONE_WITHIN = 15.0
 #: Only detects a hang.

@@ -45,7 +45,7 @@ from tests.foreign_user import ForeignUser
 
 pytestmark = pytest.mark.server
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: Seconds a killed owner's JVM may take to disappear.
 GONE_WITHIN = 10.0
 #: Only detects a hang.

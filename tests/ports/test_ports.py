@@ -35,7 +35,7 @@ from pyspark_safestop.ports import (
     register_cleanup,
     release_port,
 )
-from tests.ports_helpers import (
+from tests.ports.helpers import (
     ALLOCATOR,
     EXIT_TIMEOUT,
     FORKER,

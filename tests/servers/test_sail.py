@@ -24,7 +24,7 @@ from tests.children import clean_env, has_name, in_own_session, run_inner, serve
 # Server-side behaviour, the same whatever the client line: run on one line (noxfile.py).
 pytestmark = [pytest.mark.server, pytest.mark.engine]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -21,7 +21,7 @@ from pyspark_safestop.ports import (
     ProtectedProcessError,
     register_cleanup,
 )
-from tests.ports_helpers import (
+from tests.ports.helpers import (
     CLEANUP_TARGET,
     EXIT_TIMEOUT,
     Child,

@@ -19,7 +19,7 @@ import pyspark_safestop
 from pyspark_safestop.cli._doctor import render
 from pyspark_safestop.client import _distribution, _layouts
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 INIT = "pyspark/__init__.py"
 VERSION = "pyspark/version.py"
