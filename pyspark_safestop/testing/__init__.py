@@ -10,13 +10,14 @@
   process, to show what subprocesses started meanwhile go through.
 - :mod:`~pyspark_safestop.testing.catalogue`: the scenarios in which upstream's client hangs,
   with their faults and bounds, as a catalogue you can run (:func:`run_case`);
-  :mod:`~pyspark_safestop.testing.checks`: the one table of bounds and the checks a run is
-  held against.
+  :mod:`~pyspark_safestop.testing.scenarios`: each scenario's function beside its cases
+  (:class:`~pyspark_safestop.testing.cases.Case`); :mod:`~pyspark_safestop.testing.checks`:
+  the one table of bounds and the checks a run is held against.
 - :mod:`~pyspark_safestop.testing.cluster`: a standalone Spark cluster on this machine, for
   the servers' ``spark://`` master.
 - :mod:`~pyspark_safestop.testing.tls`: a test certificate, for the fault proxy's TLS side.
-- :mod:`~pyspark_safestop.testing.scenario`: the program that runs one scenario in a child
-  interpreter; :mod:`~pyspark_safestop.testing.child`: its protocol and steps, for workers
+- ``python -m pyspark_safestop.testing.scenarios``: the program that runs one scenario in a
+  child interpreter; :mod:`~pyspark_safestop.testing.child`: its protocol and steps, for workers
   of your own; :mod:`~pyspark_safestop.testing.runner`: the parent side (:func:`run_events`,
   :func:`child_env`, :func:`kill_group`); :mod:`~pyspark_safestop.testing.preloaded`: runs
   forked from an interpreter that imported the client's heavy dependencies once.

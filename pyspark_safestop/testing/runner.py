@@ -1,7 +1,7 @@
 """The parent side of a scenario: run it in its own interpreter and read what it printed.
 
 :func:`run_events` starts a command that prints one JSON event per line (a scenario of
-:mod:`pyspark_safestop.testing.scenario`, a benchmark's worker) in its own process group, with
+:mod:`pyspark_safestop.testing.scenarios`, a benchmark's worker) in its own process group, with
 the shim on or off (:func:`child_env`), collects its events as they come, and kills the group
 (:func:`kill_group`) when the run is over its time. Given the frames where upstream hangs
 (``hangs_in``), it also ends the run as soon as the child's watchdog shows a thread parked
@@ -98,7 +98,7 @@ def kill_group(proc: subprocess.Popen[Any] | ForkedChild) -> None:
 
 def scenario_command(python: str, name: str, url: str, *, watchdog: float = 0.0) -> list[str]:
     """The command running scenario ``name`` against ``url`` with interpreter ``python``."""
-    command = [python, "-m", "pyspark_safestop.testing.scenario", name, url]
+    command = [python, "-m", "pyspark_safestop.testing.scenarios", name, url]
     return [*command, f"--watchdog={watchdog:g}"] if watchdog > 0 else command
 
 

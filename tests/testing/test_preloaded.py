@@ -110,7 +110,7 @@ def test_closing_the_preloader_kills_what_still_runs(tmp_path: Path) -> None:
 
 
 def test_run_events_reads_a_preloaded_run(preloaded: Preloaded) -> None:
-    command = [preloaded.python, "-m", "pyspark_safestop.testing.scenario", "--help"]
+    command = [preloaded.python, "-m", "pyspark_safestop.testing.scenarios", "--help"]
     run = run_events(command, shim=True, timeout=60, preloaded=preloaded)
     assert run.returncode == 0, run.describe()
     with pytest.raises(ValueError, match="a preloaded run is"):
