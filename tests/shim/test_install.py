@@ -113,8 +113,11 @@ def _sequences() -> list[tuple[str, ...]]:
 
 SEQUENCES = _sequences()
 
-# One interpreter imports the heavy dependencies once, then forks a child per sequence: each
-# child imports pyspark's client and the package afresh, in the sequence's order.
+# One interpreter imports the heavy dependencies once. The sequences are then walked as a tree
+# of their common prefixes: each step runs in a child forked from the process that ran the steps
+# before it, so that every sequence is one chain of processes that took exactly its steps, in
+# its order, and pyspark's client is imported once per distinct prefix ending in "connect"
+# rather than once per sequence.
 DRIVER = """
 import json, os, sys
 for heavy in json.loads(sys.argv[1]):
@@ -136,24 +139,24 @@ def innermost(value):
         value = value.__wrapped__
     return value
 
-def run(sequence):
-    originals, seen = {}, {}
-    for step in sequence:
-        if step == "connect":
-            import pyspark.sql.connect.session  # noqa: F401
-            from pyspark_safestop.client import _layouts
-            layout = _layouts.detect_loaded()[0]
-            for target in layout.targets:
-                owner = getattr(sys.modules[target.module], target.cls)
-                originals[str(target)] = innermost(vars(owner)[target.attribute])
-        elif step == "shim":
-            seen["pyspark_before_shim"] = "pyspark" in sys.modules
-            import pyspark_safestop  # noqa: F401
-            seen["pyspark_imported_by_shim"] = (
-                "pyspark" in sys.modules and not seen["pyspark_before_shim"]
-            )
-        else:
-            getattr(sys.modules["pyspark_safestop"], step)()
+def step(name, originals, seen):
+    if name == "connect":
+        import pyspark.sql.connect.session  # noqa: F401
+        from pyspark_safestop.client import _layouts
+        layout = _layouts.detect_loaded()[0]
+        for target in layout.targets:
+            owner = getattr(sys.modules[target.module], target.cls)
+            originals[str(target)] = innermost(vars(owner)[target.attribute])
+    elif name == "shim":
+        seen["pyspark_before_shim"] = "pyspark" in sys.modules
+        import pyspark_safestop  # noqa: F401
+        seen["pyspark_imported_by_shim"] = (
+            "pyspark" in sys.modules and not seen["pyspark_before_shim"]
+        )
+    else:
+        getattr(sys.modules["pyspark_safestop"], name)()
+
+def report(sequence, originals, seen):
     import pyspark_safestop
     from pyspark_safestop.client import _layouts
     layout = _layouts.detect_loaded()[0]
@@ -173,19 +176,47 @@ def run(sequence):
         **seen,
     }
 
-for line in sys.stdin:
-    sequence = json.loads(line)
+def in_child(work):
+    # work() runs in a forked child, which then exits; the parent waits for it.
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
-            print(json.dumps(run(sequence)), flush=True)
-        except BaseException as error:
-            print(json.dumps({"sequence": sequence, "error": repr(error)}), flush=True)
+            work()
+        except BaseException:
             code = 1
+        sys.stdout.flush()
         os._exit(code)
     os.waitpid(pid, 0)
+
+def walk(done, sequences, originals, seen):
+    # done: the steps this process has taken; sequences: those that start with them.
+    for sequence in sequences:
+        if len(sequence) == len(done):
+            def reported(sequence=sequence):
+                try:
+                    result = report(sequence, originals, seen)
+                except BaseException as error:
+                    result = {"sequence": sequence, "error": repr(error)}
+                print(json.dumps(result), flush=True)
+            in_child(reported)
+    following = {}
+    for sequence in sequences:
+        if len(sequence) > len(done):
+            following.setdefault(sequence[len(done)], []).append(sequence)
+    for name, group in following.items():
+        def branch(name=name, group=group):
+            try:
+                step(name, originals, seen)
+            except BaseException as error:
+                for sequence in group:
+                    print(json.dumps({"sequence": sequence, "error": repr(error)}), flush=True)
+                return
+            walk(done + [name], group, originals, seen)
+        in_child(branch)
+
+walk([], [json.loads(line) for line in sys.stdin], {}, {})
 """
 
 
