@@ -9,9 +9,10 @@ reads like the process it would otherwise start (``run_events(..., preloaded=)``
 
 What a child has that a fresh interpreter would not: the modules of :data:`HEAVY` imported,
 and the interpreter's start-up state (options, ``sys.path``, warning filters) taken from the
-environment the :class:`Preloaded` was started with. Never pyspark nor this package: the order
-in which a program imports those is what the scenarios exercise, so the preloading interpreter
-refuses to serve if either is loaded. Its environment, arguments, working folder, standard
+environment the :class:`Preloaded` was started with. Never this package, and pyspark only when
+asked (``client=True``, for upstream's runs): the order in which a program imports those is
+what the scenarios exercise, so the preloading interpreter refuses to serve if the heavy
+dependencies loaded either. Its environment, arguments, working folder, standard
 streams and process group (a session of its own) are the child's own, and it leaves through
 the interpreter's usual exit (threads joined, exit hooks, final garbage collection), which is
 what the exit scenarios look at. A child is killed with its process group by the preloading
@@ -33,11 +34,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["HEAVY", "ForkedChild", "Preloaded"]
+__all__ = ["CLIENT", "HEAVY", "ForkedChild", "Preloaded"]
 
 #: The client's dependencies that take most of its import time (pyspark's own modules are not
 #: among them: see the module's docstring).
 HEAVY = ("numpy", "pandas", "pyarrow", "grpc", "google.protobuf", "wrapt", "psutil")
+#: With ``client=True``: pyspark's Spark Connect client too (never this package).
+CLIENT = ("pyspark.sql.connect.session",)
 
 _SERVE = r"""
 import ctypes, io, json, os, runpy, select, signal, socket, sys
@@ -50,6 +53,12 @@ for heavy in json.loads(sys.argv[2]):
 loaded = sorted(m for m in ("pyspark", "pyspark_safestop") if m in sys.modules)
 if loaded:
     sys.exit(f"preloading imported {loaded}: children would not start as fresh interpreters")
+import threading
+for client in json.loads(sys.argv[3]):
+    __import__(client)
+if "pyspark_safestop" in sys.modules or threading.active_count() != 1:
+    sys.exit("importing the client imported the package or started a thread: children would "
+             "not start as fresh interpreters that imported it")
 
 control = socket.socket(fileno=int(sys.argv[1]))
 try:
@@ -199,9 +208,22 @@ class ForkedChild:
 class Preloaded:
     """An interpreter ``python`` started with ``env`` that imports :data:`HEAVY`, then forks a
     child per :meth:`spawn`. Use it as a context manager, or :meth:`close` it: its children
-    still running are killed then."""
+    still running are killed then.
 
-    def __init__(self, python: str = sys.executable, env: Mapping[str, str] | None = None):
+    With ``client=True`` it imports pyspark's Spark Connect client (:data:`CLIENT`) too, for
+    programs that do not depend on the order in which pyspark and this package are imported:
+    upstream's runs, where ``PYSPARK_SAFESTOP=0`` makes importing the package a no-op. It
+    refuses to serve if that import loaded this package or started a thread (a forked child
+    would not have it).
+    """
+
+    def __init__(
+        self,
+        python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
+        *,
+        client: bool = False,
+    ):
         self.python = python
         self._folder = tempfile.TemporaryDirectory(prefix="safestop-preloaded-")
         script = Path(self._folder.name) / "preloaded.py"
@@ -217,7 +239,13 @@ class Preloaded:
         self._gone = threading.Event()
         with self._log.open("w") as log, theirs:
             self._process = subprocess.Popen(
-                [python, str(script), str(theirs.fileno()), json.dumps(HEAVY)],
+                [
+                    python,
+                    str(script),
+                    str(theirs.fileno()),
+                    json.dumps(HEAVY),
+                    json.dumps(CLIENT if client else ()),
+                ],
                 pass_fds=[theirs.fileno()],
                 env=dict(env if env is not None else os.environ),
                 stdin=subprocess.DEVNULL,
@@ -251,8 +279,8 @@ class Preloaded:
                         self._early_exits[message["exited"]] = message["code"]
                     else:
                         child._exit(message["code"])
-        self._gone.set()
         with self._lock:
+            self._gone.set()
             for done, _ in self._waiting.values():
                 done.set()
 
@@ -277,6 +305,12 @@ class Preloaded:
         done = threading.Event()
         box: list[int] = []
         with self._lock:
+            if self._gone.is_set():  # nothing would ever answer this request
+                os.close(stdin_read)
+                os.close(stdin_write)
+                os.close(stdout_read)
+                os.close(stdout_write)
+                raise RuntimeError(f"the preloaded interpreter is gone:\n{self._tail()}")
             self._next_id += 1
             request_id = self._next_id
             self._waiting[request_id] = (done, box)

@@ -33,22 +33,29 @@ pytestmark = pytest.mark.server
 REGRESSIONS = [name for name, case in CASES.items() if case.regression]
 
 
-def _run(name: str, shim: bool, url: str, workdir: Path, preloaded: Preloaded) -> Run:
+def _run(name: str, shim: bool, url: str, workdir: Path, preloaded: dict[bool, Preloaded]) -> Run:
     mode = "shim" if shim else "upstream"
     stderr_path = workdir / f"{name}-{mode}.stderr"
-    return run_case(CASES[name], url, shim=shim, stderr_path=stderr_path, preloaded=preloaded)
+    return run_case(CASES[name], url, shim=shim, stderr_path=stderr_path, preloaded=preloaded[shim])
 
 
 @pytest.fixture(scope="module")
 def outcomes(
-    spark_connect_url: str, tmp_path_factory: pytest.TempPathFactory
+    spark_connect_url: str, tmp_path_factory: pytest.TempPathFactory, client_layout: str
 ) -> dict[tuple[str, bool], Run]:
     workdir = tmp_path_factory.mktemp("scenarios")
     runs = [(name, shim) for name in REGRESSIONS for shim in (False, True)]
-    # Each run is a child of one interpreter that imported pandas, pyarrow and gRPC once (never
-    # pyspark or the package), instead of a fresh interpreter importing them again.
-    with Preloaded(env=child_env(shim=False)) as preloaded:
-        run_case(WARM_UP, spark_connect_url, shim=True, preloaded=preloaded)
+    # Each run is a child of an interpreter that imported pandas, pyarrow and gRPC once, instead
+    # of a fresh interpreter importing them again. The shim's runs import the package, then
+    # pyspark, themselves; upstream's (where importing the package does nothing) find pyspark's
+    # client imported already (not 3.5's, whose import starts its release pool's threads, which
+    # a forked child would not have).
+    with (
+        Preloaded(env=child_env(shim=False)) as shim_runs,
+        Preloaded(env=child_env(shim=False), client=client_layout != "3.5") as upstream_runs,
+    ):
+        preloaded = {True: shim_runs, False: upstream_runs}
+        run_case(WARM_UP, spark_connect_url, shim=True, preloaded=shim_runs)
         # Upstream runs mostly sit in hangs until their stacks prove them: side by side.
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             futures = {

@@ -124,3 +124,41 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ")[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+CLIENT_REPORTER = """
+import json, sys
+names = ("pyspark.sql.connect.session", "pyspark_safestop")
+print(json.dumps({name: name in sys.modules for name in names}))
+"""
+
+
+def test_with_the_client_a_child_has_pyspark_and_never_the_package(
+    tmp_path: Path, client_layout: str
+) -> None:
+    (tmp_path / "client_reporter.py").write_text(CLIENT_REPORTER)
+    err = (tmp_path / "stderr").open("w")
+    with err, Preloaded(env=child_env(shim=False), client=True) as preloaded:
+        if client_layout == "3.5":
+            # Its import starts the release pool's threads: a forked child would lack them.
+            with pytest.raises(RuntimeError, match="started a thread"):
+                preloaded.spawn("client_reporter", [], env=dict(os.environ), stderr=err.fileno())
+            return
+        child = preloaded.spawn(
+            "client_reporter", [], env=dict(os.environ), stderr=err.fileno(), cwd=str(tmp_path)
+        )
+        assert child.stdout is not None
+        assert child.stdin is not None
+        child.stdin.close()
+        output = child.stdout.read()
+        assert child.wait(60) == 0, (tmp_path / "stderr").read_text()
+    assert json.loads(output) == {"pyspark.sql.connect.session": True, "pyspark_safestop": False}
+
+
+def test_a_spawn_from_a_preloader_that_is_gone_fails_at_once(tmp_path: Path) -> None:
+    with Preloaded(python="/bin/false") as preloaded, (tmp_path / "stderr").open("w") as err:
+        time.sleep(1)  # /bin/false has exited: the request below has nobody to answer it
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="preloaded interpreter"):
+            preloaded.spawn("anything", [], env={}, stderr=err.fileno(), timeout=60)
+        assert time.monotonic() - started < 10
