@@ -1,5 +1,5 @@
 """The test matrix: the suite against every supported Spark Connect client line, the server
-side's own tests once, lint, the unit tests on the one claimed Python no line runs on, and the
+side's own tests once, lint, the pure tests on the one claimed Python no line runs on, and the
 activation tests (the package installed for real, from its wheel and in editable mode).
 
 ``nox`` runs everything one session after another; ``bash .ci/run`` installs everything first,
@@ -46,7 +46,7 @@ ENGINE_LINE = "4.3"
 PURE_LINES = ("4.0", "4.2", "4.3", "dbc-19.3")
 #: The lines of the benchmarks and the demo, on the interpreter running nox.
 MAIN_LINES = ("3.5", "4.0", "4.1", "4.2", "4.3")
-#: Claimed by ``requires-python`` but run by no line: the tests that need no server, there.
+#: Claimed by ``requires-python`` but run by no line: the pure tests, there.
 UNIT_PYTHONS = ("3.10",)
 UNIT_LINE = "4.2"
 SERVER_REQUIREMENT = "pyspark==4.3.*"
@@ -108,6 +108,15 @@ def _install_dependencies(session: nox.Session, *extra: str) -> None:
     session.install("-r", "pyproject.toml", "--extra", "test", *extra)
 
 
+#: Lines whose client has the layout of another line (the patch targets, the release pool):
+#: they run the wings that meet the client's code (client, shim, plugin: the regressions, the
+#: install orders, the watchdog, the everyday patterns) and their Python's pure tests, not the
+#: servers' and the command line's tests, which the other line runs on the same layout.
+LAYOUT_TWINS = {"dbc-16.1": "4.0", "dbc-19.3": "4.2"}
+#: The wings a twin line runs (the folders of tests/, as markers: tests/conftest.py).
+TWIN_WINGS = ("client", "shim", "plugin")
+
+
 @nox.session
 @nox.parametrize(
     "python,line",
@@ -117,25 +126,50 @@ def _install_dependencies(session: nox.Session, *extra: str) -> None:
 def tests(session: nox.Session, line: str) -> None:
     """The test suite on one client line, against a real Spark Connect server.
 
-    Without the tests of the server side alone (marker ``engine``): the ``engine`` session
-    runs those, once; the tests that need no client line (marker ``pure``) run on one line per
-    Python (``PURE_LINES``).
+    Without the tests of the server side alone (marker ``engine``): the ``engine`` sessions
+    run those, once; the tests that need no client line (marker ``pure``) run on one line per
+    Python (``PURE_LINES``); a line in ``LAYOUT_TWINS`` runs the ``TWIN_WINGS`` only.
     """
     _install_dependencies(session, *LINES[line][1])
+    _pytest(session, "-m", _line_marks(line), python=LINES[line][0])
+
+
+def _line_marks(line: str) -> str:
+    """The marker expression of a line's session."""
     marks = "not engine" if line in PURE_LINES else "not engine and not pure"
-    _pytest(session, "-m", marks, python=LINES[line][0])
+    if line in LAYOUT_TWINS:
+        wings = " or ".join((*TWIN_WINGS, "pure") if line in PURE_LINES else TWIN_WINGS)
+        marks = f"not engine and ({wings})"
+    return marks
+
+
+#: The server side's own tests in two sessions side by side (each about half of them): the
+#: warm and clustered servers, ``serve`` and the regressions on Sail in the first, the rest
+#: of the marker ``engine`` in the second.
+ENGINE_FIRST = (
+    "tests/servers/test_warm_server.py",
+    "tests/servers/test_masters.py",
+    "tests/cli/test_serve.py",
+    "tests/shim/test_regressions_sail.py",
+)
 
 
 @nox.session
-def engine(session: nox.Session) -> None:
+@nox.parametrize("part", [1, 2])
+def engine(session: nox.Session, part: int) -> None:
     """The tests of the server side alone (marker ``engine``: server life cycle, loopback and
     files, Sail, the shared server, ``serve``, masters and clusters): the same whatever the
-    client line, run once, with the ENGINE_LINE client on the interpreter running nox; then
-    the everyday patterns on a Sail server."""
+    client line, run once, with the ENGINE_LINE client on the interpreter running nox, in two
+    parts (``ENGINE_FIRST`` and the rest); the first also runs the everyday patterns on a Sail
+    server."""
     _install_dependencies(session, *LINES[ENGINE_LINE][1])
-    _pytest(session, "-m", "engine", python=None)
-    # The everyday patterns on Sail too (each line runs them on Spark): what Sail serves.
-    _pytest(session, "tests/plugin/test_everyday.py", "--safestop-engine", "sail", python=None)
+    if part == 1:
+        _pytest(session, "-m", "engine", *ENGINE_FIRST, python=None)
+        # The everyday patterns on Sail too (each line runs them on Spark): what Sail serves.
+        _pytest(session, "tests/plugin/test_everyday.py", "--safestop-engine", "sail", python=None)
+    else:
+        ignored = [f"--ignore={path}" for path in ENGINE_FIRST]
+        _pytest(session, "-m", "engine", *ignored, python=None)
 
 
 def _pytest(session: nox.Session, *marks: str, python: str | None) -> None:
@@ -224,11 +258,12 @@ def _grpc_fork_env(python: str | None) -> dict[str, str]:
 
 @nox.session(python=UNIT_PYTHONS)
 def unit(session: nox.Session) -> None:
-    """The tests that need no server, on a Python that no client line runs on."""
+    """The tests that need neither a client line nor a server (marker ``pure``), on a Python
+    that no client line runs on."""
     spark_home = _spark_home(session)  # some read the jars without starting a server
     _install_dependencies(session, *LINES[UNIT_LINE][1])
     session.run(
-        "pytest", "--ignore=tests/activation", "-m", "not server", *session.posargs,
+        "pytest", "--ignore=tests/activation", "-m", "pure", *session.posargs,
         env={"PYSPARK_SAFESTOP_SPARK_HOME": spark_home, **_server_jvm(session)},
     )  # fmt: skip
 

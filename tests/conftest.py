@@ -30,6 +30,23 @@ __all__ = ["foreign_user"]  # a fixture: tests that act as another local user
 
 PLUGIN = "pyspark_safestop"
 
+#: The folders of tests/ that mirror the package's wings. Each test is marked with its folder's
+#: name (``-m shim``), so that a session chooses wings as it chooses kinds (noxfile.py).
+WINGS = ("client", "shim", "servers", "plugin", "cli", "ports", "testing")
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for wing in WINGS:
+        config.addinivalue_line("markers", f"{wing}: a test of the {wing} wing (tests/{wing}/)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.resolve().parent
+        if folder.parent == TESTS and folder.name in WINGS:
+            item.add_marker(folder.name)
+
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     # Registered now, its options are parsed with the command line like an installed plugin's.
