@@ -21,6 +21,11 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv"
+#: uv installs without compiling bytecode (pip compiles by default). Where
+#: PYTHONDONTWRITEBYTECODE is set (as on CI machines) every interpreter the tests start would
+#: then compile pandas, pyarrow, gRPC and pyspark from source again: about 2 s of CPU each,
+#: most of what a child interpreter costs.
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 nox.options.sessions = ["lint", "tests", "engine", "unit", "activation"]
 nox.options.error_on_missing_interpreters = True
 
@@ -172,7 +177,16 @@ def engine(session: nox.Session, part: int) -> None:
         _pytest(session, "-m", "engine", *ignored, python=None)
 
 
+def _compile_checkout(session: nox.Session) -> None:
+    """The checkout's own modules compiled, as the installed packages are (UV_COMPILE_BYTECODE),
+    for the session's Python."""
+    session.run(
+        "python", "-m", "compileall", "-q", "pyspark_safestop", "tests", "boot", silent=True
+    )
+
+
 def _pytest(session: nox.Session, *marks: str, python: str | None) -> None:
+    _compile_checkout(session)
     session.run(
         "pytest",
         "--ignore=tests/activation",
@@ -262,6 +276,7 @@ def unit(session: nox.Session) -> None:
     that no client line runs on."""
     spark_home = _spark_home(session)  # some read the jars without starting a server
     _install_dependencies(session, *LINES[UNIT_LINE][1])
+    _compile_checkout(session)
     session.run(
         "pytest", "--ignore=tests/activation", "-m", "pure", *session.posargs,
         env={"PYSPARK_SAFESTOP_SPARK_HOME": spark_home, **_server_jvm(session)},
@@ -274,6 +289,7 @@ def activation(session: nox.Session) -> None:
     pytest plugin under xdist, doctor, serve; then the start-up cost of the .pth."""
     spark_home = _spark_home(session)
     _install_dependencies(session, "uv", *LINES[ACTIVATION_LINE][1])
+    _compile_checkout(session)
     session.run(
         "pytest",
         "tests/activation",
