@@ -22,7 +22,18 @@ from pyspark_safestop.testing.checks import (
 from pyspark_safestop.testing.runner import HangSignature, Run
 
 __all__ = [
+    "ALL_LAYOUTS",
     "EXIT_HANGS",
+    "EXIT_JOINS_WORKERS",
+    "FINAL_GC_CLOSES_CHANNEL",
+    "POOL_JOINS",
+    "POOL_SHUTDOWN_JOINS",
+    "RELEASE_SESSION_RETRIES",
+    "RELEASE_SESSION_RPC",
+    "RT_ENV",
+    "STOP",
+    "STOP_RT",
+    "SUBMIT_FINALISES_SESSION",
     "Case",
     "HangSignature",
 ]
